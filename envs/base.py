@@ -1,0 +1,362 @@
+"""``TeacherEnv``: the one environment base and the one step loop.
+
+The three public environments differ only in how they show the observation and
+read the action; everything else (generation, filtering, training,
+evaluation, reward, budget, termination, state for resume) happens here once.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from teachgym import registry
+from teachgym.agents.generators.base import GenerationContext, Generator, Plan
+from teachgym.config import ExperimentConfig, build_config
+from teachgym.envs.filtering import ExampleFilter
+from teachgym.envs.skills import SkillTree
+from teachgym.envs.tasks.base import Split, Task
+from teachgym.students.base import Student
+from teachgym.types import ErrorCase, EvalReport, Example, Prediction, SkillStats
+
+#: Characters allowed in Text observations and actions: printable ASCII with
+#: whitespace. Gymnasium's default Text charset is alphanumeric only, which
+#: would reject spaces, punctuation and newlines in every error example.
+PRINTABLE = frozenset(string.printable)
+
+
+class TeacherEnv(gym.Env):
+    """Shared machinery for the teachgym environments (not registered itself).
+
+    Subclasses implement :meth:`_read_action` (turn an action into a plan, or
+    raise ``ValueError`` without touching state), :meth:`_observation`, and may
+    override :meth:`_commit_plan`, :meth:`_extra_state` and
+    :meth:`_load_extra_state` when the action changes env state (SkillTree).
+
+    Args:
+        config: an :class:`~teachgym.config.ExperimentConfig` or a mapping of
+            its keys; ``None`` uses the defaults.
+        task, student, generator: already-built components, overriding the
+            config's names (handy in tests and when components live in actors).
+        render_mode: ``None`` or ``"ansi"``.
+        **overrides: config keys, so ``gymnasium.make(id, budget=900)`` works.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        config: ExperimentConfig | Mapping[str, Any] | None = None,
+        *,
+        task: Task | None = None,
+        student: Student | None = None,
+        generator: Generator | None = None,
+        render_mode: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.config = build_config(config, overrides)
+        cfg = self.config
+        self.task: Task = task or registry.build("task", cfg.task, **cfg.task_kwargs)
+        self.student: Student = student or registry.build(
+            "student", cfg.student, task=self.task, seed=cfg.seed, **cfg.student_kwargs
+        )
+        self.generator: Generator = generator or registry.build(
+            "generator", cfg.generator, task=self.task, seed=cfg.seed, **cfg.generator_kwargs
+        )
+        self.tree: SkillTree = self.task.skills.copy()
+        self._val = self.task.problems("val")
+        self._test = self.task.problems("test")
+        if not self._val or not self._test:
+            raise ValueError(f"task {self.task.name!r} has an empty val or test split")
+        self._filter = ExampleFilter(
+            [p.prompt for p in self._val + self._test],
+            getattr(self.task, "alphabet", None),
+            dedup=cfg.dedup,
+        )
+        self._started = False
+        self._done = False
+        self._episode_seed = 0
+        self._step_count = 0
+        self._budget_used = 0
+        self._used: Counter[str] = Counter()
+        self._history: list[float] = []
+        self._report: EvalReport | None = None
+        #: The data and val predictions of the last step, for run logs.
+        self.last_examples: list[Example] = []
+        self.last_predictions: list[Prediction] = []
+
+    # -- the contract ------------------------------------------------------
+    @property
+    def skills(self) -> list[str]:
+        """Leaf skills in a fixed order: the order of every per-skill vector."""
+        return self.tree.leaves
+
+    @property
+    def budget_left(self) -> int:
+        return self.config.budget - self._budget_used
+
+    @property
+    def report(self) -> EvalReport:
+        if self._report is None:
+            raise RuntimeError("call reset() before reading the report")
+        return self._report
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Student back to base weights, data cleared, baseline evaluation."""
+        if seed is None and self._np_random is None:
+            seed = self.config.seed
+        super().reset(seed=seed)
+        self._episode_seed = int(self.np_random.integers(2**31 - 1))
+        self.student.reset()
+        self.tree = self.task.skills.copy()
+        self._filter.seen.clear()
+        self._step_count = 0
+        self._budget_used = 0
+        self._used = Counter()
+        self._done = False
+        self._started = True
+        self.last_examples = []
+        t0 = time.perf_counter()
+        self._report, self.last_predictions = self.evaluate("val")
+        self._history = [self._report.accuracy]
+        info = self._info(timings=Timings({"evaluate": time.perf_counter() - t0}))
+        return self._observation(), info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Generate -> filter -> train -> evaluate; reward is the val accuracy gain."""
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        if self._done:
+            raise RuntimeError("the episode is over; call reset() to start a new one")
+        plan = self._read_action(action)  # raises ValueError; state untouched
+        cap = min(self.config.examples_per_step, self.budget_left)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        plan_skills = self._plan_skills(plan)
+        context = GenerationContext(
+            step=self._step_count,
+            rng=np.random.default_rng([self._episode_seed, self._step_count]),
+            max_examples=cap,
+            skills=plan_skills,
+            task=self.task,
+            report=self._report,
+        )
+        examples, gen_rejected = self.generator.generate(plan, context)
+        accepted, rejected = self._filter(examples, set(self.tree.nodes) | set(plan_skills), cap)
+        rejected.update(dict(gen_rejected))
+        timings["generate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        train_metrics = self.student.train(accepted) if accepted else {}
+        timings["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report, predictions = self.evaluate("val")
+        timings["evaluate"] = time.perf_counter() - t0
+
+        # Commit: nothing above changed env state except the student's weights.
+        self._commit_plan(plan)
+        self._filter.commit(accepted)
+        self._budget_used += min(len(examples), cap)
+        self._used.update(e.skill for e in accepted)
+        self._step_count += 1
+        previous = self._history[-1]
+        self._report = report
+        self._history.append(report.accuracy)
+        self.last_examples, self.last_predictions = accepted, predictions
+
+        reward = report.accuracy - previous - self.config.cost_per_example * len(accepted)
+        terminated = self.budget_left <= 0
+        truncated = not terminated and self._step_count >= self.config.max_steps
+        info = self._info(
+            timings=Timings(timings),
+            examples_made=len(examples),
+            examples_accepted=len(accepted),
+            rejected=dict(sorted(rejected.items())),
+            train=dict(train_metrics),
+        )
+        if terminated or truncated:
+            self._done = True
+            test_report, _ = self.evaluate("test")
+            info["test_accuracy"] = test_report.accuracy
+            info["test_report"] = _report_dict(test_report)
+        return self._observation(), float(reward), terminated, truncated, info
+
+    def evaluate(self, split: Split) -> tuple[EvalReport, list[Prediction]]:
+        """Score the student on a split, per skill, with a bounded error sample."""
+        problems = self._val if split == "val" else self._test
+        outputs = self.student.predict(problems)
+        if len(outputs) != len(problems):
+            raise RuntimeError(
+                f"student returned {len(outputs)} outputs for {len(problems)} problems"
+            )
+        correct: Counter[str] = Counter()
+        total: Counter[str] = Counter()
+        predictions: list[Prediction] = []
+        errors_by_skill: dict[str, list[ErrorCase]] = {}
+        for problem, output in zip(problems, outputs, strict=True):
+            ok = bool(self.task.score(problem, output))
+            total[problem.skill] += 1
+            correct[problem.skill] += ok
+            predictions.append(
+                Prediction(problem_id=problem.id, completion=output, correct=ok, score=float(ok))
+            )
+            if not ok:
+                errors_by_skill.setdefault(problem.skill, []).append(
+                    ErrorCase(
+                        problem_id=problem.id,
+                        skill=problem.skill,
+                        prompt=problem.prompt,
+                        student_answer=output,
+                        gold_answer=problem.answer,
+                    )
+                )
+        skills = {s: SkillStats(skill=s, correct=correct[s], total=total[s]) for s in total}
+        report = EvalReport(
+            split=split, skills=skills, errors=_round_robin(errors_by_skill, self.config.max_errors)
+        )
+        return report, predictions
+
+    # -- hooks for subclasses ---------------------------------------------
+    def _read_action(self, action: Any) -> Plan:
+        raise NotImplementedError
+
+    def _observation(self) -> Any:
+        raise NotImplementedError
+
+    def _plan_skills(self, plan: Plan) -> Sequence[str]:
+        return self.skills
+
+    def _commit_plan(self, plan: Plan) -> None:
+        """Apply the state change an action implies, after the step succeeded."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- info, rendering, state -------------------------------------------
+    def _info(self, **extra: Any) -> dict[str, Any]:
+        report = self.report
+        return {
+            "step": self._step_count,
+            "accuracy": report.accuracy,
+            "report": _report_dict(report),
+            "errors": [e.model_dump() for e in report.errors],
+            "budget_left": self.budget_left,
+            "examples_used": {s: self._used.get(s, 0) for s in self.skills},
+            **extra,
+        }
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        report = self.report
+        lines = [
+            f"step {self._step_count}  val accuracy {report.accuracy:.3f}  "
+            f"budget left {self.budget_left}"
+        ]
+        for skill in self.skills:
+            stats = report.skills.get(skill)
+            acc = f"{stats.accuracy:.3f}" if stats else "  -  "
+            lines.append(f"  {skill:<24} acc {acc}  examples {self._used.get(skill, 0)}")
+        return "\n".join(lines)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Env state for resume (JSON-safe); the student saves its own weights."""
+        if not self._started:
+            raise RuntimeError("call reset() before saving state")
+        return {
+            "episode_seed": self._episode_seed,
+            "step": self._step_count,
+            "budget_used": self._budget_used,
+            "used": dict(self._used),
+            "history": list(self._history),
+            "report": self.report.model_dump(),
+            "seen": sorted(self._filter.seen),
+            "done": self._done,
+            "tree": self.tree.to_list(),
+            "np_random": self.np_random.bit_generator.state,
+            **self._extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._episode_seed = int(state["episode_seed"])
+        self._step_count = int(state["step"])
+        self._budget_used = int(state["budget_used"])
+        self._used = Counter(state["used"])
+        self._history = [float(x) for x in state["history"]]
+        self._report = EvalReport.model_validate(state["report"])
+        self._filter.seen = set(state["seen"])
+        self._done = bool(state["done"])
+        self.tree = SkillTree.from_list(state["tree"])
+        self.np_random.bit_generator.state = state["np_random"]
+        self._started = True
+        self._load_extra_state(state)
+
+    @property
+    def history(self) -> list[float]:
+        """Val accuracy after reset and after every step."""
+        return list(self._history)
+
+
+class Timings(Mapping[str, float]):
+    """Seconds spent per phase of a step: a read-only mapping.
+
+    Two ``Timings`` compare equal when they time the same phases, whatever the
+    seconds: wall-clock time is a measurement, not an outcome, and
+    gymnasium's ``check_env`` compares ``info`` dicts across identical steps to
+    verify that outcomes are deterministic.
+    """
+
+    def __init__(self, seconds: Mapping[str, float]) -> None:
+        self._seconds = dict(seconds)
+
+    def __getitem__(self, key: str) -> float:
+        return self._seconds[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._seconds)
+
+    def __len__(self) -> int:
+        return len(self._seconds)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timings) and set(self) == set(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Timings({self._seconds!r})"
+
+
+def _report_dict(report: EvalReport) -> dict[str, dict[str, float]]:
+    return {
+        s: {"accuracy": st.accuracy, "correct": st.correct, "total": st.total}
+        for s, st in report.skills.items()
+    }
+
+
+def _round_robin(by_skill: dict[str, list[ErrorCase]], limit: int) -> list[ErrorCase]:
+    """Up to ``limit`` errors, taking one skill at a time so every skill shows."""
+    out: list[ErrorCase] = []
+    queues = [list(v) for v in by_skill.values()]
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out

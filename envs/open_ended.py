@@ -1,0 +1,114 @@
+"""``teachgym/OpenEnded-v0``: the teacher reads errors and writes a text plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium import spaces
+
+from teachgym.envs.base import PRINTABLE, TeacherEnv
+from teachgym.types import TextPlan
+
+OBSERVATION_MAX_CHARS = 8192
+PLAN_MAX_CHARS = 4000
+
+
+class OpenEndedEnv(TeacherEnv):
+    """Write free-text data plans from the student's overall accuracy and errors.
+
+    ## Description
+
+    The open-ended setting of DataEnvGym: the teacher sees no skill breakdown,
+    only the overall validation accuracy and a sample of the student's wrong
+    answers, and answers with instructions for the generator. It is the natural
+    env for LLM teachers. With the ``procedural`` generator a plan is read as
+    ``skill: count`` lines (skills named by path or last segment, see
+    :func:`~teachgym.agents.generators.procedural.parse_text_plan`); a plan it
+    cannot read makes no data and is counted in ``info["rejected"]``.
+
+    ## Action Space
+
+    ``Text(1..4000, charset=printable ASCII)``: the plan. A
+    :class:`~teachgym.types.TextPlan` is accepted too.
+
+    ## Observation Space
+
+    ``Text(0..8192, charset=printable ASCII)``:
+
+    | Part          | Content                                                   |
+    |---------------|-----------------------------------------------------------|
+    | header line   | step, validation accuracy, examples left in the budget    |
+    | skills line   | the names a plan may use                                  |
+    | error lines   | ``prompt -> student answer (expected gold)``, one each     |
+
+    ## Rewards
+
+    The change in mean per-skill validation accuracy, minus
+    ``cost_per_example`` per accepted example.
+
+    ## Starting State
+
+    The untrained student's evaluation (base weights, no data).
+
+    ## Episode End
+
+    Terminated when the budget is spent; truncated after ``max_steps``. The
+    last ``info`` holds ``test_accuracy``.
+
+    ## Arguments
+
+    Every :class:`~teachgym.config.ExperimentConfig` key, through
+    ``gymnasium.make``.
+
+    ## Examples
+
+    >>> import gymnasium as gym
+    >>> import teachgym
+    >>> env = gym.make("teachgym/OpenEnded-v0", budget=40, examples_per_step=20,
+    ...                task_kwargs={"val_per_skill": 4, "test_per_skill": 4})
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.splitlines()[0].startswith("step 0")
+    True
+    >>> obs, reward, terminated, truncated, info = env.step("add/carry: 10\\ncmp/3d: 10")
+    >>> info["examples_accepted"]
+    20
+    """
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.action_space = spaces.Text(max_length=PLAN_MAX_CHARS, min_length=1, charset=PRINTABLE)
+        self.observation_space = spaces.Text(
+            max_length=OBSERVATION_MAX_CHARS, min_length=0, charset=PRINTABLE
+        )
+
+    def _read_action(self, action: Any) -> TextPlan:
+        if isinstance(action, TextPlan):
+            text = action.text
+        elif isinstance(action, str):
+            text = action
+        else:
+            raise ValueError(f"action must be a str or TextPlan, got {type(action).__name__}")
+        if not text.strip():
+            raise ValueError("the plan is empty")
+        if len(text) > PLAN_MAX_CHARS:
+            raise ValueError(f"the plan has {len(text)} characters; the limit is {PLAN_MAX_CHARS}")
+        bad = sorted(set(text) - PRINTABLE)
+        if bad:
+            raise ValueError(f"the plan has non-printable characters {bad}")
+        return TextPlan(text=text)
+
+    def _observation(self) -> str:
+        report = self.report
+        lines = [
+            f"step {self._step_count} | validation accuracy {report.accuracy:.3f} | "
+            f"budget left {self.budget_left} of {self.config.budget} examples",
+            "skills: " + ", ".join(self.skills),
+            "errors (prompt -> student answer (expected gold)):",
+        ]
+        lines += [
+            f"{e.prompt} -> {e.student_answer or '<empty>'} (expected {e.gold_answer})"
+            for e in report.errors
+        ]
+        text = "\n".join(lines)
+        text = "".join(ch if ch in PRINTABLE else "?" for ch in text)
+        return text[:OBSERVATION_MAX_CHARS]

@@ -1,0 +1,120 @@
+"""The ``teachgym`` command line: ``run`` one episode, ``compare`` teachers.
+
+Each job has one entry point: ``teachgym run`` for an episode (or
+``--resume`` to finish a killed one) and ``teachgym compare`` for a
+leaderboard over teachers and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from teachgym.config import ConfigError, load_config, parse_cli_overrides
+
+
+def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]``: the first item without '=' is the config path."""
+    config: str | None = None
+    overrides: list[str] = []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif config is None:
+            config = item
+        else:
+            raise ConfigError(f"unexpected argument {item!r}: overrides are key=value")
+    return config, overrides
+
+
+def _default_out(kind: str, config_name: str) -> Path:
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{config_name}-{stamp}"
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from teachgym.experiments.runner import resume_experiment, run_experiment
+
+    if args.resume:
+        if args.items:
+            raise ConfigError("--resume takes no config or overrides: the run keeps its config")
+        resume_experiment(args.resume, console=console)
+        return 0
+    config_path, overrides = _split_config_and_overrides(args.items)
+    config = load_config(config_path, parse_cli_overrides(overrides))
+    out = (
+        Path(args.out)
+        if args.out
+        else _default_out("run", Path(config_path).stem if config_path else "default")
+    )
+    console.print(
+        f"teachgym run: {config.env}, teacher={config.teacher}, seed={config.seed} -> {out}"
+    )
+    run_experiment(config, out, console=console)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from teachgym.experiments.compare import compare_teachers
+
+    config_path, overrides = _split_config_and_overrides(args.items)
+    config = load_config(config_path, parse_cli_overrides(overrides))
+    teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
+    if not teachers:
+        raise ConfigError("--teachers needs at least one teacher name")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    out = (
+        Path(args.out)
+        if args.out
+        else _default_out("compare", Path(config_path).stem if config_path else "default")
+    )
+    compare_teachers(config, teachers, args.seeds, out, console=console)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="teachgym", description="Teacher agents that make training data for students."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one episode into a run directory")
+    run.add_argument(
+        "items",
+        nargs="*",
+        metavar="[CONFIG] [key=value ...]",
+        help="a YAML config (default: the packaged one) and overrides",
+    )
+    run.add_argument("--out", help="run directory (default: runs/run-<config>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="finish a killed run from its checkpoint")
+    run.set_defaults(func=cmd_run)
+    cmp = sub.add_parser("compare", help="run teachers x seeds and print a leaderboard")
+    cmp.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+    cmp.add_argument("--teachers", required=True, help="comma-separated teacher names")
+    cmp.add_argument("--seeds", type=int, default=3, help="seeds per teacher (0..N-1)")
+    cmp.add_argument("--out", help="output directory (default: runs/compare-<config>-<time>)")
+    cmp.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return int(args.func(args, console))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; resume with `teachgym run --resume DIR`[/yellow]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

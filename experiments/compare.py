@@ -1,0 +1,103 @@
+"""``teachgym compare``: every teacher on every seed, then a leaderboard.
+
+Each episode is an ordinary run directory (``<out>/<teacher>/seed_<k>``), so
+an interrupted comparison picks up where it stopped: finished episodes are
+read back from their ``summary.json``, a half-done one is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from teachgym import registry
+from teachgym.config import ExperimentConfig
+from teachgym.experiments import plots
+from teachgym.experiments.runner import EpisodeRunner, read_jsonl
+from teachgym.experiments.stats import leaderboard
+
+
+def compare_teachers(
+    config: ExperimentConfig,
+    teachers: list[str],
+    seeds: int,
+    out_dir: str | Path,
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``teachers`` x ``range(seeds)`` and write leaderboard.json and comparison.png."""
+    for name in teachers:
+        registry.resolve("teacher", name)  # fail before hours of work, not after
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[list[float]]] = {t: [] for t in teachers}
+    total = len(teachers) * seeds
+    for i, teacher in enumerate(teachers):
+        for seed in range(seeds):
+            run_dir = out / teacher.replace(":", "_").replace("/", "_") / f"seed_{seed}"
+            if console is not None:
+                console.print(f"[{i * seeds + seed + 1}/{total}] teacher={teacher} seed={seed}")
+            summary_path = run_dir / "summary.json"
+            if summary_path.exists():
+                summary = json.loads(summary_path.read_text())
+            else:
+                cfg = config.model_copy(update={"teacher": teacher, "seed": seed})
+                resume = (run_dir / "config.yaml").exists()
+                summary = EpisodeRunner(cfg, run_dir, resume=resume, console=None).run()
+            rows.append(
+                {
+                    "teacher": teacher,
+                    "seed": seed,
+                    "aulc": summary["aulc"],
+                    "final_test_accuracy": summary["final_test_accuracy"],
+                    "examples_used": summary["examples_used"],
+                }
+            )
+            curves[teacher].append([r["val_accuracy"] for r in read_jsonl(run_dir / "steps.jsonl")])
+            if console is not None:
+                console.print(
+                    f"    AULC {summary['aulc']:.3f}  test {summary['final_test_accuracy']:.3f}"
+                )
+    board = leaderboard(rows)
+    (out / "leaderboard.json").write_text(json.dumps(_strict(board), indent=2))
+    (out / "episodes.json").write_text(json.dumps(rows, indent=2))
+    plots.plot_comparison(curves, out / "comparison.png")
+    if console is not None:
+        console.print(leaderboard_table(board))
+        console.print(f"leaderboard -> {out / 'leaderboard.json'}")
+    return board
+
+
+def leaderboard_table(board: list[dict[str, Any]]) -> Table:
+    table = Table(title="leaderboard (mean ± 95% CI over seeds)")
+    for col in ("teacher", "AULC", "final test acc", "examples", "seeds"):
+        table.add_column(col, justify="left" if col == "teacher" else "right")
+
+    def fmt(mean: float, ci: float) -> str:
+        return f"{mean:.3f} ± {ci:.3f}" if not math.isnan(ci) else f"{mean:.3f}"
+
+    for r in board:
+        table.add_row(
+            r["teacher"],
+            fmt(r["aulc_mean"], r["aulc_ci95"]),
+            fmt(r["final_test_mean"], r["final_test_ci95"]),
+            f"{r['examples_mean']:.0f}",
+            str(r["seeds"]),
+        )
+    return table
+
+
+def _strict(obj: Any) -> Any:
+    """NaN (a one-seed CI) as null, so leaderboard.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj

@@ -1,0 +1,145 @@
+"""The experiment configuration: one validated model for YAML, CLI and gymnasium.
+
+``gymnasium.make(id, **overrides)``, ``teachgym run key=value`` and the YAML
+files all go through :class:`ExperimentConfig`, so an unknown key or a bad
+value fails the same way everywhere, with the key's name in the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_IDS = ("teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+class ExperimentConfig(BaseModel):
+    """Everything that defines one episode.
+
+    Component keys (``task``, ``student``, ``generator``, ``teacher``) take a
+    registered short name or an import path ``package.module:Class``; the
+    matching ``*_kwargs`` mapping is passed to its constructor.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    env: Literal["teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0"] = (
+        "teachgym/SkillList-v0"
+    )
+    seed: int = Field(default=0, ge=0)
+    task: str = "arithmetic"
+    task_kwargs: dict[str, Any] = Field(default_factory=dict)
+    student: str = "tiny"
+    student_kwargs: dict[str, Any] = Field(default_factory=dict)
+    generator: str = "procedural"
+    generator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    teacher: str = "learning_progress"
+    teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
+    budget: int = Field(default=120_000, gt=0, description="examples the teacher may ask for")
+    examples_per_step: int = Field(default=6_000, gt=0)
+    max_steps: int = Field(default=50, gt=0)
+    cost_per_example: float = Field(default=0.0, ge=0.0)
+    max_errors: int = Field(default=24, ge=0, description="error examples shown per step")
+    dedup: Literal["step", "episode"] = "step"
+    wandb: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.examples_per_step > self.budget:
+            raise ValueError(
+                f"examples_per_step={self.examples_per_step} exceeds budget={self.budget}"
+            )
+        return self
+
+
+def _coerce(text: str) -> Any:
+    """A command-line value as YAML reads it: ``3`` is an int, ``[a, b]`` a list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``student_kwargs.lr``) in a nested mapping, returning a copy."""
+    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {key!r}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def parse_cli_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["seed=3", "student_kwargs.lr=1e-3"]`` -> ``{"seed": 3, "student_kwargs.lr": 0.001}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        out[key.strip()] = _coerce(value)
+    return out
+
+
+def build_config(
+    base: Mapping[str, Any] | ExperimentConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Validate ``base`` with ``overrides`` applied; errors name the key and value."""
+    if isinstance(base, ExperimentConfig):
+        base = base.model_dump()
+    data = apply_overrides(dict(base or {}), dict(overrides or {}))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "config"
+            if e["type"] == "extra_forbidden":
+                lines.append(f"unknown config key {key!r}")
+            else:
+                lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
+    """Read a YAML config (or the packaged default) and apply overrides."""
+    if path is None:
+        path = default_config_path()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping, not {type(data).__name__}"
+        )
+    return build_config(data, overrides)
+
+
+def default_config_path() -> Path:
+    """The packaged default experiment, usable from any directory."""
+    from importlib.resources import files
+
+    return Path(str(files("teachgym.experiments") / "configs" / "default.yaml"))
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

@@ -1,0 +1,230 @@
+"""The three environments against the gymnasium contract and DESIGN.md's."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import teachgym  # noqa: F401  (registers the env ids)
+from teachgym.envs import FlatSkillList
+from teachgym.types import Allocation, TextPlan, TreeAction
+
+ENV_IDS = ["teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0"]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env_passes(env_id, fast):
+    env = gym.make(env_id, **fast)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_make_with_the_embedded_default_config(env_id):
+    env = gym.make(env_id)
+    assert env.unwrapped.config.budget > 0
+    assert env.unwrapped.skills == [
+        "add/no_carry",
+        "add/carry",
+        "sub/no_borrow",
+        "sub/borrow",
+        "mul/2x1",
+        "cmp/3d",
+    ]
+
+
+def test_skill_list_step_contract(fast):
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    obs, info = env.reset(seed=0)
+    assert obs["accuracy"].dtype == np.float32 and obs["budget_left"][0] == 60
+    assert "test_accuracy" not in info
+    k = len(env.unwrapped.skills)
+    weights = np.zeros(k, dtype=np.float32)
+    weights[0] = 1.0
+    obs, reward, terminated, truncated, info = env.step(weights)
+    assert obs in env.observation_space
+    assert info["examples_made"] == 20
+    assert info["examples_accepted"] + sum(info["rejected"].values()) == 20
+    assert set(info["timings"]) == {"generate", "train", "evaluate"}
+    assert all(v >= 0 for v in info["timings"].values())
+    assert (
+        obs["examples_used"][0] == info["examples_accepted"] and obs["examples_used"][1:].sum() == 0
+    )
+    assert reward == pytest.approx(info["accuracy"] - env.unwrapped.history[0])
+    assert obs["budget_left"][0] == 40 and not terminated and not truncated
+    assert "test_accuracy" not in info  # only at the end
+    env.step(weights)
+    obs, _, terminated, truncated, info = env.step(weights)
+    assert terminated and not truncated and obs["budget_left"][0] == 0
+    assert 0.0 <= info["test_accuracy"] <= 1.0
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.step(weights)
+
+
+def test_truncated_at_max_steps(fast):
+    fast["max_steps"] = 2
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    env.reset(seed=0)
+    _, _, terminated, truncated, _ = env.step(np.ones(6, dtype=np.float32))
+    assert not truncated
+    _, _, terminated, truncated, info = env.step(np.ones(6, dtype=np.float32))
+    assert truncated and not terminated and "test_accuracy" in info
+
+
+def test_cost_per_example_lowers_reward(fast):
+    rewards = []
+    for cost in (0.0, 0.01):
+        env = gym.make("teachgym/SkillList-v0", cost_per_example=cost, **fast)
+        env.reset(seed=0)
+        _, reward, _, _, info = env.step(np.ones(6, dtype=np.float32))
+        rewards.append((reward, info["examples_accepted"]))
+    (r0, n), (r1, _) = rewards
+    assert r1 == pytest.approx(r0 - 0.01 * n)
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (np.ones(5, dtype=np.float32), "shape"),
+        (np.array([1, 1, 1, 1, 1, np.nan]), "finite"),
+        (np.array([1, 1, 1, 1, 1, -1.0]), ">= 0"),
+        ("add", "weights"),
+        (Allocation(counts={"div/exact": 3}), "unknown skills"),
+    ],
+)
+def test_bad_skill_list_actions_raise_and_leave_state(action, message, fast):
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    env.reset(seed=0)
+    before = env.unwrapped.state_dict()
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+    assert env.unwrapped.state_dict() == before
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (TreeAction(kind="exploit", skill="div", allocation={}), "no node 'div'"),
+        (TreeAction(kind="exploit", skill="add", allocation={"mul/2x1": 3}), "not a leaf"),
+        (TreeAction(kind="explore", skill="add", new_subskills=["carry"]), "exists already"),
+        (TreeAction(kind="explore", skill="add", new_subskills=["x y"]), "one path segment"),
+        ({"kind": "jump", "skill": "add"}, "invalid TreeAction"),
+        (42, "TreeAction or a dict"),
+    ],
+)
+def test_bad_tree_actions_raise_and_leave_state(action, message, fast):
+    env = gym.make("teachgym/SkillTree-v0", **fast)
+    env.reset(seed=0)
+    before = env.unwrapped.state_dict()
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+    assert env.unwrapped.state_dict() == before
+
+
+@pytest.mark.parametrize(
+    ("action", "message"), [(3, "str or TextPlan"), ("   ", "empty"), ("add\x00", "non-printable")]
+)
+def test_bad_text_actions_raise_and_leave_state(action, message, fast):
+    env = gym.make("teachgym/OpenEnded-v0", **fast)
+    env.reset(seed=0)
+    before = env.unwrapped.state_dict()
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+    assert env.unwrapped.state_dict() == before
+
+
+def test_open_ended_reads_plans_and_counts_unreadable_ones(fast):
+    env = gym.make("teachgym/OpenEnded-v0", **fast)
+    obs, _ = env.reset(seed=0)
+    assert "validation accuracy" in obs and obs in env.observation_space
+    _, _, _, _, info = env.step(TextPlan(text="carry: 12, mul/2x1: 8"))
+    assert info["examples_made"] == 20
+    _, _, _, _, info = env.step("make it better")
+    assert info["examples_made"] == 0 and info["rejected"] == {"unparsed_plan": 1}
+
+
+def test_skill_tree_explore_then_exploit(fast):
+    env = gym.make("teachgym/SkillTree-v0", **fast)
+    obs, info = env.reset(seed=0)
+    assert {r["skill"] for r in info["tree"]} >= {"add", "add/carry"}
+    action = TreeAction(
+        kind="explore", skill="mul/2x1", new_subskills=["by9"], allocation={"by9": 6}
+    )
+    obs, _, _, _, info = env.step(action)
+    assert "mul/2x1/by9" in env.unwrapped.skills and "mul/2x1" not in env.unwrapped.skills
+    assert info["allocation"]["mul/2x1/by9"] == 6
+    assert "mul/2x1/by9" in obs["tree"]
+    # Data for the invented subskill comes from its ancestor's procedure.
+    made = [e for e in env.unwrapped.last_examples if e.skill == "mul/2x1/by9"]
+    assert made and all("*" in e.prompt for e in made)
+    _, _, _, _, info = env.step(
+        TreeAction(kind="exploit", skill="add", allocation={"carry": 0, "no_carry": 0})
+    )
+    assert info["allocation"]["add/carry"] == 0
+    assert not any(e.skill.startswith("add/") for e in env.unwrapped.last_examples)
+    assert set(info["skill_rewards"]) == set(env.unwrapped.task.leaf_skills)
+
+
+def test_decontamination_and_dedup_counted(fast):
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    env.reset(seed=0)
+    core = env.unwrapped
+    val = core.task.problems("val")[0]
+    from teachgym.types import Example, Provenance
+
+    src = Provenance(generator="test")
+    examples = [
+        Example(prompt=val.prompt, completion=val.answer, skill=val.skill, source=src),
+        Example(prompt="11+11=", completion="22", skill="add/no_carry", source=src),
+        Example(prompt="11+11=", completion="22", skill="add/no_carry", source=src),
+        Example(prompt="1/1=", completion="1", skill="add/no_carry", source=src),
+        Example(prompt="1+1=", completion="2", skill="div/x", source=src),
+    ]
+    accepted, rejected = core._filter(examples, set(core.tree.nodes), cap=4)
+    assert [e.prompt for e in accepted] == ["11+11="]
+    assert dict(rejected) == {
+        "contaminated": 1,
+        "duplicate": 1,
+        "bad_characters": 1,
+        "over_budget": 1,
+    }
+
+
+def test_same_seed_same_episode(fast):
+    def episode() -> list:
+        env = gym.make("teachgym/SkillList-v0", **fast)
+        obs, _ = env.reset(seed=3)
+        out = [obs["accuracy"].tolist()]
+        for i in range(3):
+            w = np.eye(6, dtype=np.float32)[i]
+            obs, r, *_, info = env.step(w)
+            out.append((obs["accuracy"].tolist(), r, info["train"]["loss"]))
+        return out
+
+    assert episode() == episode()
+
+
+def test_flat_wrapper_is_a_float32_box(fast):
+    env = FlatSkillList(gym.make("teachgym/SkillList-v0", **fast))
+    obs, _ = env.reset(seed=0)
+    assert obs in env.observation_space
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs.dtype == np.float32 and obs.shape == (13,) and obs in env.observation_space
+
+
+def test_sb3_ppo_learns_on_flat_skill_list(fast):
+    sb3 = pytest.importorskip("stable_baselines3")
+    fast.update(budget=400, examples_per_step=10, max_steps=40)
+    env = FlatSkillList(gym.make("teachgym/SkillList-v0", **fast))
+    model = sb3.PPO(
+        "MlpPolicy", env, n_steps=16, batch_size=8, n_epochs=1, seed=0, verbose=0, device="cpu"
+    )
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(total_timesteps=48)
+    assert model.num_timesteps >= 48
+    after = list(model.policy.parameters())
+    changed = any(not (a == b.detach()).all() for a, b in zip(before, after, strict=True))
+    assert changed, "PPO's policy did not update"
+    action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
+    assert action.shape == (6,)

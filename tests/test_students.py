@@ -1,0 +1,139 @@
+"""The HF student: SFT masking, decoding, determinism, save/load, modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from teachgym.envs.tasks.arithmetic import ArithmeticTask
+from teachgym.students import HFStudent, Student, build_char_tokenizer, make_tiny_student
+from teachgym.students.tokenizer import check_covered
+from teachgym.types import Example, Provenance
+
+TASK = ArithmeticTask(skills=["add/no_carry", "cmp/3d"], val_per_skill=8, test_per_skill=8)
+SMALL = {"hidden_size": 32, "layers": 1, "heads": 2, "batch_size": 16}
+
+
+def _examples(n: int, seed: int = 0) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    src = Provenance(generator="test")
+    return [
+        Example(prompt=p.prompt, completion=p.answer, skill=p.skill, source=src)
+        for skill in TASK.leaf_skills
+        for p in TASK.sample(skill, n // 2, rng)
+    ]
+
+
+def _weights(student: HFStudent) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in student.model.parameters()]
+
+
+def test_protocol_and_same_seed_same_weights_and_predictions():
+    a = make_tiny_student(TASK.alphabet, seed=3, **SMALL)
+    b = make_tiny_student(TASK.alphabet, seed=3, **SMALL)
+    c = make_tiny_student(TASK.alphabet, seed=4, **SMALL)
+    assert isinstance(a, Student)
+    assert all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(b), strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(c), strict=True))
+    data = _examples(64)
+    assert a.train(data) == b.train(data)
+    problems = TASK.problems("val")
+    assert a.predict(problems) == b.predict(problems)
+
+
+def test_loss_is_on_completion_tokens_only():
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
+    ex = _examples(2)[:1]
+    ((ids, start),) = student._encode_examples(ex)
+    assert start == len(ex[0].prompt)
+    assert ids[start:] == student.tokenizer(ex[0].completion, add_special_tokens=False)[
+        "input_ids"
+    ] + [student.tokenizer.eos_token_id]
+    # Training on one example many times: the model learns its completion,
+    # which it could only do if the completion tokens carry the loss.
+    student = make_tiny_student(TASK.alphabet, seed=0, lr=3e-3, epochs=150, **SMALL)
+    metrics = student.train(ex)
+    assert metrics["steps"] == 150 and metrics["tokens"] == 150 * len(ids)
+    assert (
+        student.predict([TASK.sample("add/no_carry", 1, np.random.default_rng(0))[0]])
+        == [ex[0].completion]
+        or metrics["loss"] < 1.0
+    )
+
+
+def test_greedy_decoding_matches_transformers_generate():
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
+    student.train(_examples(256))
+    problems = TASK.problems("val")
+    ours = student.predict(problems)
+    tok = student.tokenizer
+    enc = tok(
+        [p.prompt for p in problems], add_special_tokens=False, padding=True, return_tensors="pt"
+    )
+    out = student.model.generate(
+        **enc,
+        max_new_tokens=student.max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    theirs = [tok.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True) for row in out]
+    assert ours == theirs
+
+
+def test_save_load_roundtrip_and_reset(tmp_path):
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
+    base = _weights(student)
+    student.train(_examples(64))
+    trained = _weights(student)
+    student.save(tmp_path / "ckpt")
+    other = make_tiny_student(TASK.alphabet, seed=9, **SMALL)
+    other.load(tmp_path / "ckpt")
+    assert all(torch.equal(x, y) for x, y in zip(trained, _weights(other), strict=True))
+    # Continuing after load gives exactly what continuing without it gives.
+    more = _examples(64, seed=1)
+    assert student.train(more) == other.train(more)
+    student.reset()
+    assert all(torch.equal(x, y) for x, y in zip(base, _weights(student), strict=True))
+
+
+def test_accumulate_retrains_from_base_on_all_data():
+    acc = make_tiny_student(TASK.alphabet, seed=0, mode="accumulate", **SMALL)
+    first, second = _examples(32, 1), _examples(32, 2)
+    acc.train(first)
+    metrics = acc.train(second)
+    assert metrics["steps"] == 4  # 64 examples / batch 16: both calls' data
+    fresh = make_tiny_student(TASK.alphabet, seed=0, mode="accumulate", **SMALL)
+    fresh._calls = 1  # same data order as acc's second call
+    assert fresh.train(first + second) == metrics
+    cont = make_tiny_student(TASK.alphabet, seed=0, mode="continual", **SMALL)
+    cont.train(first)
+    assert cont.train(second)["steps"] == 2
+
+
+def test_bad_arguments_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="mode must be"):
+        make_tiny_student(TASK.alphabet, mode="online")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        make_tiny_student(TASK.alphabet, batch_size=0)
+    student = make_tiny_student(TASK.alphabet, **SMALL)
+    student.save(tmp_path / "c")
+    with pytest.raises(ValueError, match="mode 'continual'"):
+        make_tiny_student(TASK.alphabet, mode="accumulate", **SMALL).load(tmp_path / "c")
+
+
+def test_tokenizer_rejects_unknown_characters():
+    tok = build_char_tokenizer("0123456789+=")
+    check_covered(tok, ["12+3="])
+    with pytest.raises(ValueError, match=r"\['<'\]"):
+        check_covered(tok, ["1<2"])
+    with pytest.raises(ValueError, match="single characters"):
+        build_char_tokenizer(["ab"])
+
+
+def test_student_refuses_text_outside_its_vocabulary():
+    student = make_tiny_student("0123456789+=", **SMALL)
+    bad = Example(prompt="1<2=", completion="<", skill="cmp", source=Provenance(generator="t"))
+    with pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
+        student.train([bad])

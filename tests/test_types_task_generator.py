@@ -1,0 +1,191 @@
+"""Core types, the arithmetic task, the skill tree and the procedural generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from teachgym.agents.generators.base import GenerationContext
+from teachgym.agents.generators.procedural import ProceduralGenerator, parse_text_plan
+from teachgym.envs.skills import SkillTree
+from teachgym.envs.tasks.arithmetic import FAMILIES, ArithmeticTask
+from teachgym.envs.tasks.base import ProceduralTask, Task
+from teachgym.types import (
+    Allocation,
+    Example,
+    Problem,
+    Provenance,
+    SkillStats,
+    TextPlan,
+    TreeAction,
+    normalize_prompt,
+)
+
+
+def test_invalid_values_name_the_field_and_value():
+    with pytest.raises(ValidationError) as err:
+        Allocation(counts={"add/carry": -3})
+    assert "add/carry" in str(err.value) and "-3" in str(err.value)
+    with pytest.raises(ValidationError, match="skill"):
+        Problem(id="p", skill="bad skill!", prompt="1+1=", answer="2")
+    with pytest.raises(ValidationError, match="correct=5 exceeds total=3"):
+        SkillStats(skill="a", correct=5, total=3)
+    with pytest.raises(ValidationError, match="at least one new subskill"):
+        TreeAction(kind="explore", skill="add")
+    with pytest.raises(ValidationError, match="cannot add subskills"):
+        TreeAction(kind="exploit", skill="add", new_subskills=["x"])
+    with pytest.raises(ValidationError, match="text"):
+        TextPlan(text="")
+    with pytest.raises(ValidationError, match="frozen"):
+        Problem(id="p", skill="a", prompt="x", answer="y").answer = "z"  # type: ignore[misc]
+
+
+def test_example_id_is_derived_from_content():
+    src = Provenance(generator="g")
+    a = Example(prompt="1+1=", completion="2", skill="add", source=src)
+    b = Example(prompt="1+1=", completion="2", skill="add", source=Provenance(generator="h"))
+    c = Example(prompt="1+2=", completion="3", skill="add", source=src)
+    assert a.id == b.id != c.id and len(a.id) == 16
+
+
+def test_allocation_from_weights_sums_exactly():
+    alloc = Allocation.from_weights(["a", "b", "c"], [1, 1, 1], 100)
+    assert alloc.total == 100 and sorted(alloc.counts.values()) == [33, 33, 34]
+    assert Allocation.from_weights(["a", "b"], [0, 0], 9).counts == {"a": 5, "b": 4}
+    assert Allocation.from_weights(["a", "b"], [3, 1], 8).counts == {"a": 6, "b": 2}
+    with pytest.raises(ValueError, match="expected 2 weights"):
+        Allocation.from_weights(["a", "b"], [1], 8)
+    with pytest.raises(ValueError, match="'b' is inf"):
+        Allocation.from_weights(["a", "b"], [1, float("inf")], 8)
+
+
+def test_normalize_prompt():
+    assert normalize_prompt("  12 +  3= ") == normalize_prompt("12 + 3=") == "12 + 3="
+
+
+def test_skill_tree():
+    tree = SkillTree(["a/b/c", "a/d"])
+    assert tree.nodes == ["a", "a/b", "a/b/c", "a/d"]
+    assert tree.leaves_under("a") == ["a/b/c", "a/d"] and tree.parent("a/b/c") == "a/b"
+    assert SkillTree.from_list(tree.to_list()).leaves == tree.leaves
+    with pytest.raises(KeyError):
+        tree.children("x")
+    with pytest.raises(ValueError):
+        tree.add("a//b")
+
+
+def test_arithmetic_splits_fixed_disjoint_and_correct():
+    task = ArithmeticTask()
+    assert isinstance(task, Task) and isinstance(task, ProceduralTask)
+    assert len(task.skills.roots) >= 3 and len(task.skills.leaves) >= 6
+    val, test = task.problems("val"), task.problems("test")
+    assert len(val) == len(test) == 6 * 64
+    assert not {p.prompt for p in val} & {p.prompt for p in test}
+    assert [p.prompt for p in ArithmeticTask().problems("val")] == [p.prompt for p in val]
+    ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}
+    for p in val + test:
+        if p.skill.startswith("cmp"):
+            x, y = map(int, p.prompt[:-1].split("?"))
+            assert p.answer == ("<" if x < y else ">" if x > y else "=")
+            continue
+        op = next(o for o in ops if o in p.prompt)
+        x, y = map(int, p.prompt[:-1].split(op))
+        assert p.answer[::-1] == str(ops[op](x, y)), p  # least significant digit first
+        assert set(p.prompt + p.answer) <= set(task.alphabet)
+
+
+def test_arithmetic_skill_definitions():
+    rng = np.random.default_rng(0)
+    task = ArithmeticTask(skills=list(FAMILIES), answer_order="msd_first")
+    for skill in ["add/no_carry", "add/carry", "sub/no_borrow", "sub/borrow"]:
+        for p in task.sample(skill, 200, rng):
+            op = "+" if "+" in p.prompt else "-"
+            x, y = map(int, p.prompt[:-1].split(op))
+            pairs = list(zip(str(x)[::-1], str(y)[::-1], strict=False))
+            if op == "+":
+                carry = any(int(a) + int(b) >= 10 for a, b in pairs)
+                assert carry == (skill == "add/carry"), p
+                assert p.answer == str(x + y)
+            else:
+                assert x >= y
+                assert (x - y) >= 0 and p.answer == str(x - y)
+    # A problem space far larger than the evaluation sets, even for the smallest skill.
+    prompts = {p.prompt for p in task.sample("mul/2x1", 20_000, rng)}
+    assert len(prompts) == 720 > 5 * (64 + 64)
+
+
+def test_arithmetic_errors():
+    with pytest.raises(ValueError, match="unknown arithmetic skills"):
+        ArithmeticTask(skills=["div/exact"])
+    with pytest.raises(ValueError, match="split must be"):
+        ArithmeticTask().problems("train")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a leaf"):
+        ArithmeticTask(skills=["add/carry"]).sample("mul/2x1", 1, np.random.default_rng(0))
+
+
+def _ctx(task, skills, seed=0):
+    return GenerationContext(
+        step=0, rng=np.random.default_rng(seed), max_examples=10_000, skills=skills, task=task
+    )
+
+
+def test_procedural_generator_serves_every_plan_kind():
+    task = ArithmeticTask()
+    gen = ProceduralGenerator(task, seed=0)
+    examples, rejected = gen.generate(
+        Allocation(counts={"add/carry": 5, "cmp/3d": 3}), _ctx(task, task.leaf_skills)
+    )
+    assert [e.skill for e in examples].count("add/carry") == 5 and len(examples) == 8
+    assert rejected == {} and all(e.source.generator == "procedural" for e in examples)
+    examples, _ = gen.generate(TextPlan(text="borrow: 4"), _ctx(task, task.leaf_skills))
+    assert {e.skill for e in examples} == {"sub/borrow"} and len(examples) == 4
+    examples, rejected = gen.generate(TextPlan(text="hello"), _ctx(task, task.leaf_skills))
+    assert examples == [] and rejected == {"unparsed_plan": 1}
+    # An inner node spreads over its leaves; an invented leaf uses its ancestor.
+    examples, _ = gen.generate(
+        Allocation(counts={"add": 4, "mul/2x1/by9": 2}), _ctx(task, ["add", "mul/2x1/by9"])
+    )
+    assert sorted(e.skill for e in examples) == [
+        "add/carry",
+        "add/carry",
+        "add/no_carry",
+        "add/no_carry",
+        "mul/2x1/by9",
+        "mul/2x1/by9",
+    ]
+    examples, rejected = gen.generate(Allocation(counts={"div/x": 3}), _ctx(task, ["div/x"]))
+    assert examples == [] and rejected == {"no_procedure": 3}
+
+
+def test_procedural_generator_distinct_prompts_and_exhaustion():
+    task = ArithmeticTask()
+    gen = ProceduralGenerator(task)
+    examples, rejected = gen.generate(
+        Allocation(counts={"mul/2x1": 1000}), _ctx(task, task.leaf_skills)
+    )
+    # 720 prompts exist; a bounded number of draws finds nearly all of them.
+    assert len({e.prompt for e in examples}) == len(examples)
+    assert 700 <= len(examples) <= 720
+    assert rejected == {"space_exhausted": 1000 - len(examples)}
+
+
+def test_procedural_generator_is_seeded():
+    task = ArithmeticTask()
+    gen = ProceduralGenerator(task)
+    plan = Allocation(counts={"add/carry": 20})
+    a, _ = gen.generate(plan, _ctx(task, task.leaf_skills, seed=1))
+    b, _ = gen.generate(plan, _ctx(task, task.leaf_skills, seed=1))
+    c, _ = gen.generate(plan, _ctx(task, task.leaf_skills, seed=2))
+    assert a == b != c
+
+
+def test_procedural_generator_needs_a_sampler():
+    with pytest.raises(TypeError, match="sample"):
+        ProceduralGenerator(object())
+
+
+def test_parse_text_plan_ambiguous_tail_needs_full_path():
+    skills = ["add/carry", "mul/carry", "sub/borrow"]
+    assert parse_text_plan("carry: 5, sub/borrow 2", skills).counts == {"sub/borrow": 2}
+    assert parse_text_plan("mul/carry=7", skills).counts == {"mul/carry": 7}
