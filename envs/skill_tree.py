@@ -126,7 +126,7 @@ class SkillTreeEnv(TeacherEnv):
     ...                task_kwargs={"val_per_skill": 4, "test_per_skill": 4})
     >>> obs, info = env.reset(seed=0)
     >>> obs["tree"].splitlines()[0]
-    'add  acc=0.000 n=8'
+    'add  acc=0.000 n=12'
     >>> action = TreeAction(kind="explore", skill="add/carry", new_subskills=["three_carries"],
     ...                     allocation={"three_carries": 5})
     >>> obs, reward, terminated, truncated, info = env.step(action)

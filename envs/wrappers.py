@@ -23,7 +23,7 @@ class FlatSkillList(gym.ObservationWrapper):
     ...                     task_kwargs={"val_per_skill": 4, "test_per_skill": 4}))
     >>> obs, _ = env.reset(seed=0)
     >>> obs.shape, obs.dtype.name, float(obs[-1])
-    ((13,), 'float32', 1.0)
+    ((15,), 'float32', 1.0)
     """
 
     def __init__(self, env: gym.Env) -> None:

@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    # Rich falls back to 80 columns when output is not a terminal (a log
+    # file, CI), which would truncate the per-step table; logs can be wide.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     try:
         return int(args.func(args, console))
     except (ConfigError, ValueError, FileNotFoundError) as err:

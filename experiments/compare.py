@@ -49,6 +49,7 @@ def compare_teachers(
                 cfg = config.model_copy(update={"teacher": teacher, "seed": seed})
                 resume = (run_dir / "config.yaml").exists()
                 summary = EpisodeRunner(cfg, run_dir, resume=resume, console=None).run()
+                assert summary is not None
             rows.append(
                 {
                     "teacher": teacher,

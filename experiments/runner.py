@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +126,13 @@ class EpisodeRunner:
         config = build_config(yaml.safe_load(cfg_path.read_text()))
         return cls(config, run_dir, resume=True, console=console)
 
-    def run(self) -> dict[str, Any]:
-        """Run (or finish) the episode; returns the summary written to summary.json."""
+    def run(self, max_new_steps: int | None = None) -> dict[str, Any] | None:
+        """Run (or finish) the episode; returns the summary written to summary.json.
+
+        ``max_new_steps`` stops after that many steps with the run left
+        resumable (``None`` is returned): a time-boxed job can do a slice of an
+        episode and a later job resumes it.
+        """
         started = time.perf_counter()
         self._prepare_dir()
         env = gym.make(self.config.env, config=self.config)
@@ -140,6 +145,11 @@ class EpisodeRunner:
             **self.config.teacher_kwargs,
         )
         steps_path = self.out / "steps.jsonl"
+        tracker = None
+        if self.config.wandb:
+            from teachgym.experiments.tracking import WandbTracker
+
+            tracker = WandbTracker(self.config, self.out)
         elapsed_before = 0.0
         if self.resume and (self.out / CHECKPOINT).exists():
             obs, info, elapsed_before = self._load_checkpoint(env, core, teacher)
@@ -151,6 +161,8 @@ class EpisodeRunner:
             obs, info = env.reset(seed=self.config.seed)
             rows = [_step_row(info, 0.0, False, False, 0)]
             _write_jsonl(steps_path, rows)
+            if tracker is not None:
+                tracker.log_row(rows[0])
             (self.out / "timings.jsonl").write_text("")
             self._save_checkpoint(core, teacher, info, elapsed_before)
             done = False
@@ -162,7 +174,12 @@ class EpisodeRunner:
                 acc=info["accuracy"],
                 step=info["step"],
             )
+            taken = 0
             while not done:
+                if max_new_steps is not None and taken >= max_new_steps:
+                    env.close()
+                    return None
+                taken += 1
                 t0 = time.perf_counter()
                 action = teacher.act(obs, info)
                 obs, reward, terminated, truncated, info = env.step(action)
@@ -178,6 +195,8 @@ class EpisodeRunner:
                 rows.append(row)
                 self._write_step_files(core, info["step"])
                 _append_jsonl(steps_path, row)
+                if tracker is not None:
+                    tracker.log_row(row)
                 _append_jsonl(
                     self.out / "timings.jsonl",
                     {"step": info["step"], **info["timings"], "total": time.perf_counter() - t0},
@@ -192,6 +211,8 @@ class EpisodeRunner:
                 )
         env.close()
         summary = self._finish(rows, time.perf_counter() - started)
+        if tracker is not None:
+            tracker.finish(summary)
         return summary
 
     # -- directory and checkpoint ----------------------------------------
@@ -313,10 +334,12 @@ def steps_table(rows: list[dict[str, Any]]) -> Table:
     skills = list(rows[-1]["skills"])
     table = Table(title="per-step validation accuracy")
     table.add_column("step", justify="right")
-    table.add_column("examples", justify="right")
-    table.add_column("val acc", justify="right")
+    table.add_column("examples", justify="right", min_width=8)
+    table.add_column("val acc", justify="right", min_width=5)
     for s in skills:
-        table.add_column(s, justify="right")
+        # "add/carry_3d" -> "add/" over "carry_3d": narrow columns, full names.
+        head, sep, tail = s.rpartition("/")
+        table.add_column(f"{head}{sep}\n{tail}" if sep else s, justify="right")
     for r in rows:
         table.add_row(
             str(r["step"]),
@@ -335,7 +358,7 @@ def _seed_globals(seed: int) -> None:
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]

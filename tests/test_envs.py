@@ -8,7 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import teachgym  # noqa: F401  (registers the env ids)
-from teachgym.envs import FlatSkillList
+from teachgym.envs import ArithmeticTask, FlatSkillList
 from teachgym.types import Allocation, TextPlan, TreeAction
 
 ENV_IDS = ["teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0"]
@@ -24,14 +24,8 @@ def test_check_env_passes(env_id, fast):
 def test_make_with_the_embedded_default_config(env_id):
     env = gym.make(env_id)
     assert env.unwrapped.config.budget > 0
-    assert env.unwrapped.skills == [
-        "add/no_carry",
-        "add/carry",
-        "sub/no_borrow",
-        "sub/borrow",
-        "mul/2x1",
-        "cmp/3d",
-    ]
+    assert env.unwrapped.skills == list(ArithmeticTask().leaf_skills)
+    assert len(env.unwrapped.skills) == 7
 
 
 def test_skill_list_step_contract(fast):
@@ -66,9 +60,9 @@ def test_truncated_at_max_steps(fast):
     fast["max_steps"] = 2
     env = gym.make("teachgym/SkillList-v0", **fast)
     env.reset(seed=0)
-    _, _, terminated, truncated, _ = env.step(np.ones(6, dtype=np.float32))
+    _, _, terminated, truncated, _ = env.step(np.ones(7, dtype=np.float32))
     assert not truncated
-    _, _, terminated, truncated, info = env.step(np.ones(6, dtype=np.float32))
+    _, _, terminated, truncated, info = env.step(np.ones(7, dtype=np.float32))
     assert truncated and not terminated and "test_accuracy" in info
 
 
@@ -77,7 +71,7 @@ def test_cost_per_example_lowers_reward(fast):
     for cost in (0.0, 0.01):
         env = gym.make("teachgym/SkillList-v0", cost_per_example=cost, **fast)
         env.reset(seed=0)
-        _, reward, _, _, info = env.step(np.ones(6, dtype=np.float32))
+        _, reward, _, _, info = env.step(np.ones(7, dtype=np.float32))
         rewards.append((reward, info["examples_accepted"]))
     (r0, n), (r1, _) = rewards
     assert r1 == pytest.approx(r0 - 0.01 * n)
@@ -87,8 +81,8 @@ def test_cost_per_example_lowers_reward(fast):
     ("action", "message"),
     [
         (np.ones(5, dtype=np.float32), "shape"),
-        (np.array([1, 1, 1, 1, 1, np.nan]), "finite"),
-        (np.array([1, 1, 1, 1, 1, -1.0]), ">= 0"),
+        (np.array([1, 1, 1, 1, 1, 1, np.nan]), "finite"),
+        (np.array([1, 1, 1, 1, 1, 1, -1.0]), ">= 0"),
         ("add", "weights"),
         (Allocation(counts={"div/exact": 3}), "unknown skills"),
     ],
@@ -106,7 +100,7 @@ def test_bad_skill_list_actions_raise_and_leave_state(action, message, fast):
     ("action", "message"),
     [
         (TreeAction(kind="exploit", skill="div", allocation={}), "no node 'div'"),
-        (TreeAction(kind="exploit", skill="add", allocation={"mul/2x1": 3}), "not a leaf"),
+        (TreeAction(kind="exploit", skill="add", allocation={"cmp/3d": 3}), "not a leaf"),
         (TreeAction(kind="explore", skill="add", new_subskills=["carry"]), "exists already"),
         (TreeAction(kind="explore", skill="add", new_subskills=["x y"]), "one path segment"),
         ({"kind": "jump", "skill": "add"}, "invalid TreeAction"),
@@ -138,7 +132,7 @@ def test_open_ended_reads_plans_and_counts_unreadable_ones(fast):
     env = gym.make("teachgym/OpenEnded-v0", **fast)
     obs, _ = env.reset(seed=0)
     assert "validation accuracy" in obs and obs in env.observation_space
-    _, _, _, _, info = env.step(TextPlan(text="carry: 12, mul/2x1: 8"))
+    _, _, _, _, info = env.step(TextPlan(text="add/carry: 12, cmp/3d: 8"))
     assert info["examples_made"] == 20
     _, _, _, _, info = env.step("make it better")
     assert info["examples_made"] == 0 and info["rejected"] == {"unparsed_plan": 1}
@@ -149,17 +143,19 @@ def test_skill_tree_explore_then_exploit(fast):
     obs, info = env.reset(seed=0)
     assert {r["skill"] for r in info["tree"]} >= {"add", "add/carry"}
     action = TreeAction(
-        kind="explore", skill="mul/2x1", new_subskills=["by9"], allocation={"by9": 6}
+        kind="explore", skill="cmp/3d", new_subskills=["equal"], allocation={"equal": 6}
     )
     obs, _, _, _, info = env.step(action)
-    assert "mul/2x1/by9" in env.unwrapped.skills and "mul/2x1" not in env.unwrapped.skills
-    assert info["allocation"]["mul/2x1/by9"] == 6
-    assert "mul/2x1/by9" in obs["tree"]
+    assert "cmp/3d/equal" in env.unwrapped.skills and "cmp/3d" not in env.unwrapped.skills
+    assert info["allocation"]["cmp/3d/equal"] == 6
+    assert "cmp/3d/equal" in obs["tree"]
     # Data for the invented subskill comes from its ancestor's procedure.
-    made = [e for e in env.unwrapped.last_examples if e.skill == "mul/2x1/by9"]
-    assert made and all("*" in e.prompt for e in made)
+    made = [e for e in env.unwrapped.last_examples if e.skill == "cmp/3d/equal"]
+    assert made and all("?" in e.prompt for e in made)
     _, _, _, _, info = env.step(
-        TreeAction(kind="exploit", skill="add", allocation={"carry": 0, "no_carry": 0})
+        TreeAction(
+            kind="exploit", skill="add", allocation={"carry": 0, "no_carry": 0, "carry_3d": 0}
+        )
     )
     assert info["allocation"]["add/carry"] == 0
     assert not any(e.skill.startswith("add/") for e in env.unwrapped.last_examples)
@@ -197,7 +193,7 @@ def test_same_seed_same_episode(fast):
         obs, _ = env.reset(seed=3)
         out = [obs["accuracy"].tolist()]
         for i in range(3):
-            w = np.eye(6, dtype=np.float32)[i]
+            w = np.eye(7, dtype=np.float32)[i]
             obs, r, *_, info = env.step(w)
             out.append((obs["accuracy"].tolist(), r, info["train"]["loss"]))
         return out
@@ -210,7 +206,7 @@ def test_flat_wrapper_is_a_float32_box(fast):
     obs, _ = env.reset(seed=0)
     assert obs in env.observation_space
     obs, *_ = env.step(env.action_space.sample())
-    assert obs.dtype == np.float32 and obs.shape == (13,) and obs in env.observation_space
+    assert obs.dtype == np.float32 and obs.shape == (15,) and obs in env.observation_space
 
 
 def test_sb3_ppo_learns_on_flat_skill_list(fast):
@@ -227,4 +223,4 @@ def test_sb3_ppo_learns_on_flat_skill_list(fast):
     changed = any(not (a == b.detach()).all() for a, b in zip(before, after, strict=True))
     assert changed, "PPO's policy did not update"
     action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
-    assert action.shape == (6,)
+    assert action.shape == (7,)

@@ -103,7 +103,7 @@ def test_lp_prefers_a_rising_skill_and_still_replays_a_mastered_one() -> None:
 
 def test_lp_forgetting_attracts_as_much_as_learning() -> None:
     env = fake_env(["falling", "flat", "rising"])
-    teacher = LearningProgressTeacher(env, weakness=0.0, epsilon=0.0, replay=0.0)
+    teacher = LearningProgressTeacher(env, weakness=0.0, epsilon=0.0, replay=0.0, temperature=0.05)
     history = [[0.9, 0.6, 0.2], [0.7, 0.6, 0.4], [0.5, 0.6, 0.6], [0.3, 0.6, 0.8]]
     s = shares(feed(teacher, history))
     assert s[0] > 10 * s[1]  # a falling skill wins over a flat one

@@ -33,7 +33,7 @@ def test_run_directory_has_every_artifact(tmp_path):
     for k in range(1, len(steps)):
         assert (out / "data" / f"step_{k:04d}.jsonl").stat().st_size > 0
         preds = read_jsonl(out / "predictions" / f"step_{k:04d}.jsonl")
-        assert len(preds) == 6 * 8 and {"problem_id", "completion", "correct"} <= set(preds[0])
+        assert len(preds) == 7 * 8 and {"problem_id", "completion", "correct"} <= set(preds[0])
     for name in ("config.yaml", "learning_curve.png", "skills_heatmap.png", "summary.json"):
         assert (out / name).stat().st_size > 0
     assert (out / "checkpoint" / "student" / "model.safetensors").exists()
@@ -98,20 +98,23 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
 
 def test_resume_drops_rows_newer_than_the_checkpoint(tmp_path):
-    out, _ = _run(tmp_path, "run")
-    whole = (out / "steps.jsonl").read_bytes()
-    # Simulate a crash between writing a row and swapping the checkpoint: put the
-    # checkpoint of step 3 back and leave a torn line at the end of the log.
-    ref, _ = _run(tmp_path, "ref", max_steps=3)
-    import shutil
-
-    shutil.rmtree(out / "checkpoint")
-    shutil.copytree(ref / "checkpoint", out / "checkpoint")
-    (out / "summary.json").unlink()
+    whole, _ = _run(tmp_path, "whole")
+    config = load_config(SMOKE)
+    out = tmp_path / "partial"
+    assert EpisodeRunner(config, out).run(max_new_steps=3) is None
+    assert not (out / "summary.json").exists()
+    # A crash between writing a row and swapping the checkpoint leaves a row
+    # newer than the checkpoint, possibly torn: resume must drop and replay it.
     with (out / "steps.jsonl").open("a") as f:
-        f.write('{"step": 7, "val_acc')
-    EpisodeRunner.from_run_dir(out).run()
-    assert (out / "steps.jsonl").read_bytes() == whole
+        f.write('{"step": 4, "val_accuracy": 0.5}\n{"step": 5, "val_acc')
+    summary = EpisodeRunner.from_run_dir(out).run()
+    assert summary is not None and summary["steps"] == 6
+    assert (out / "steps.jsonl").read_bytes() == (whole / "steps.jsonl").read_bytes()
+
+
+def test_resume_of_a_missing_run_is_refused(tmp_path):
+    with pytest.raises(RunError, match="not a run directory"):
+        EpisodeRunner.from_run_dir(tmp_path / "nothing")
 
 
 def test_compare_writes_leaderboard_and_plot(tmp_path, capsys):
@@ -204,3 +207,25 @@ def test_config_overrides_nested_keys():
     assert cfg.student_kwargs["lr"] == 0.001 and cfg.task_kwargs["val_per_skill"] == 8
     with pytest.raises(ConfigError, match="examples_per_step=7000 exceeds budget=6000"):
         load_config(None, {"budget": 6000, "examples_per_step": 7000})
+
+
+def test_wandb_logs_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out, summary = _run(tmp_path, "wb", wandb=True)
+    assert summary is not None and list(out.glob("wandb/offline-run-*"))
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(RuntimeError, match=r"teachgym\[wandb\]"):
+        _run(tmp_path, "nowb", wandb=True)

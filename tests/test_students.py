@@ -137,3 +137,50 @@ def test_student_refuses_text_outside_its_vocabulary():
     bad = Example(prompt="1<2=", completion="<", skill="cmp", source=Provenance(generator="t"))
     with pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
         student.train([bad])
+
+
+def test_lora_trains_adapters_only():
+    pytest.importorskip("peft")
+    student = make_tiny_student(
+        TASK.alphabet,
+        seed=0,
+        lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        **SMALL,
+    )
+    frozen = {
+        n: p.detach().clone() for n, p in student.model.named_parameters() if not p.requires_grad
+    }
+    trainable = {
+        n: p.detach().clone() for n, p in student.model.named_parameters() if p.requires_grad
+    }
+    assert trainable and all("lora" in n for n in trainable)
+    student.train(_examples(64))
+    params = dict(student.model.named_parameters())
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    assert any(not torch.equal(params[n], v) for n, v in trainable.items())
+
+
+def test_hf_student_loads_a_local_checkpoint(tmp_path):
+    from teachgym import registry
+
+    tiny = make_tiny_student(TASK.alphabet, seed=5, **SMALL)
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    student = registry.build(
+        "student", "hf", task=TASK, seed=5, model=str(tmp_path / "model"), batch_size=16
+    )
+    problems = TASK.problems("val")
+    assert student.predict(problems) == tiny.predict(problems)
+    with pytest.raises(ValueError, match=r"needs student_kwargs\.model"):
+        registry.build("student", "hf", task=TASK)
+
+
+@pytest.mark.gpu
+def test_student_trains_and_predicts_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    student = make_tiny_student(TASK.alphabet, seed=0, device="cuda", **SMALL)
+    assert next(student.model.parameters()).is_cuda
+    metrics = student.train(_examples(64))
+    assert metrics["steps"] == 4
+    assert len(student.predict(TASK.problems("val"))) == len(TASK.problems("val"))

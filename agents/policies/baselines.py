@@ -54,9 +54,9 @@ class WeakestTeacher(SkillListTeacher):
     The share of skill k is proportional to ``(1 - acc_k + eps) ** power``,
     mixed with an even ``floor``: a fraction ``floor`` of every step's examples
     is spread over all skills. The floor is there because a student that gets
-    no data on a skill it has mastered forgets it (measured here: a
-    weakest-first mix lifted the hardest skill but let the mastered ones slip
-    from ≥0.97 to ~0.9), so a purely greedy teacher trades one skill for
+    no data on a skill it has mastered forgets it (on arithmetic with a tiny
+    student, a weakest-first mix has been seen to lift the hardest skill while
+    the mastered ones slipped from ≥0.97 to ~0.9), so a purely greedy teacher trades one skill for
     another. ``floor`` is a total, not a per-skill share, so the default means
     the same thing for 3 skills or 300.
 

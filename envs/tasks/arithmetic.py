@@ -137,8 +137,9 @@ class ArithmeticTask:
         answer_order: ``"lsd_first"`` (default) writes numeric answers least
             significant digit first (``457+168=`` -> ``526`` for 625), so the
             carry flows in the order the student generates digits; a 2-layer
-            student then learns carries in minutes on a CPU (measured: mean
-            0.78 vs 0.53 for ``"msd_first"`` on the same 120k examples).
+            student then learns carries in minutes on a CPU (measured while
+            designing this task, six 3-digit skills, the same 120k examples:
+            mean accuracy 0.78 vs 0.53 with ``"msd_first"``).
             Comparison answers (``<``, ``>``, ``=``) are unaffected.
 
     >>> task = ArithmeticTask(skills=["add/carry", "cmp/3d"], val_per_skill=3, test_per_skill=3)
