@@ -128,6 +128,7 @@ class TeacherEnv(gym.Env):
         self._done = False
         self._started = True
         self.last_examples = []
+        self._on_reset()
         t0 = time.perf_counter()
         self._report, self.last_predictions = self.evaluate("val")
         self._history = [self._report.accuracy]
@@ -239,6 +240,9 @@ class TeacherEnv(gym.Env):
 
     def _plan_skills(self, plan: Plan) -> Sequence[str]:
         return self.skills
+
+    def _on_reset(self) -> None:
+        """Reset subclass episode state (called before the baseline evaluation)."""
 
     def _commit_plan(self, plan: Plan) -> None:
         """Apply the state change an action implies, after the step succeeded."""

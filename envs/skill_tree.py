@@ -155,10 +155,8 @@ class SkillTreeEnv(TeacherEnv):
         )
         return dict(alloc.counts)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        obs_info = super().reset(seed=seed, options=options)
+    def _on_reset(self) -> None:
         self._alloc = self._even_allocation(self.tree.leaves)
-        return self._observation(), obs_info[1]
 
     # -- reading actions --------------------------------------------------
     def _resolve(self, skill: str, name: str) -> str:

@@ -72,6 +72,7 @@ class HFStudent:
         eval_batch_size: int = 512,
         max_new_tokens: int = 8,
         warmup_steps: int = 50,
+        lr_schedule: str = "inverse_sqrt",
         seed: int = 0,
         lora: dict[str, Any] | None = None,
         device: str | None = None,
@@ -104,6 +105,11 @@ class HFStudent:
         self.eval_batch_size, self.max_new_tokens = eval_batch_size, max_new_tokens
         self.seed = seed
         self.warmup_steps = max(1, warmup_steps)
+        if lr_schedule not in ("constant", "inverse_sqrt"):
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'inverse_sqrt', got {lr_schedule!r}"
+            )
+        self.lr_schedule = lr_schedule
         self._opt: torch.optim.Optimizer | None = None
         self._params: list[torch.nn.Parameter] = []
         self._opt_steps = 0
@@ -198,6 +204,8 @@ class HFStudent:
         saved, so a resumed run follows the same schedule.
         """
         warm = self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr * min(1.0, (step + 1) / warm)
         return self.lr * min((step + 1) / warm, (warm / max(step + 1, warm)) ** 0.5)
 
     # -- inference --------------------------------------------------------

@@ -77,50 +77,39 @@ def test_cost_per_example_lowers_reward(fast):
     assert r1 == pytest.approx(r0 - 0.01 * n)
 
 
-@pytest.mark.parametrize(
-    ("action", "message"),
-    [
-        (np.ones(5, dtype=np.float32), "shape"),
-        (np.array([1, 1, 1, 1, 1, 1, np.nan]), "finite"),
-        (np.array([1, 1, 1, 1, 1, 1, -1.0]), ">= 0"),
-        ("add", "weights"),
-        (Allocation(counts={"div/exact": 3}), "unknown skills"),
-    ],
-)
-def test_bad_skill_list_actions_raise_and_leave_state(action, message, fast):
-    env = gym.make("teachgym/SkillList-v0", **fast)
-    env.reset(seed=0)
-    before = env.unwrapped.state_dict()
-    with pytest.raises(ValueError, match=message):
-        env.step(action)
-    assert env.unwrapped.state_dict() == before
+BAD_ACTIONS = [
+    ("teachgym/SkillList-v0", np.ones(5, dtype=np.float32), "shape"),
+    ("teachgym/SkillList-v0", np.array([1, 1, 1, 1, 1, 1, np.nan]), "finite"),
+    ("teachgym/SkillList-v0", np.array([1, 1, 1, 1, 1, 1, -1.0]), ">= 0"),
+    ("teachgym/SkillList-v0", "add", "weights"),
+    ("teachgym/SkillList-v0", Allocation(counts={"div/exact": 3}), "unknown skills"),
+    ("teachgym/SkillTree-v0", TreeAction(kind="exploit", skill="div"), "no node 'div'"),
+    (
+        "teachgym/SkillTree-v0",
+        TreeAction(kind="exploit", skill="add", allocation={"cmp/3d": 3}),
+        "not a leaf",
+    ),
+    (
+        "teachgym/SkillTree-v0",
+        TreeAction(kind="explore", skill="add", new_subskills=["carry"]),
+        "exists already",
+    ),
+    (
+        "teachgym/SkillTree-v0",
+        TreeAction(kind="explore", skill="add", new_subskills=["x y"]),
+        "one path segment",
+    ),
+    ("teachgym/SkillTree-v0", {"kind": "jump", "skill": "add"}, "invalid TreeAction"),
+    ("teachgym/SkillTree-v0", 42, "TreeAction or a dict"),
+    ("teachgym/OpenEnded-v0", 3, "str or TextPlan"),
+    ("teachgym/OpenEnded-v0", "   ", "empty"),
+    ("teachgym/OpenEnded-v0", "add\x00", "non-printable"),
+]
 
 
-@pytest.mark.parametrize(
-    ("action", "message"),
-    [
-        (TreeAction(kind="exploit", skill="div", allocation={}), "no node 'div'"),
-        (TreeAction(kind="exploit", skill="add", allocation={"cmp/3d": 3}), "not a leaf"),
-        (TreeAction(kind="explore", skill="add", new_subskills=["carry"]), "exists already"),
-        (TreeAction(kind="explore", skill="add", new_subskills=["x y"]), "one path segment"),
-        ({"kind": "jump", "skill": "add"}, "invalid TreeAction"),
-        (42, "TreeAction or a dict"),
-    ],
-)
-def test_bad_tree_actions_raise_and_leave_state(action, message, fast):
-    env = gym.make("teachgym/SkillTree-v0", **fast)
-    env.reset(seed=0)
-    before = env.unwrapped.state_dict()
-    with pytest.raises(ValueError, match=message):
-        env.step(action)
-    assert env.unwrapped.state_dict() == before
-
-
-@pytest.mark.parametrize(
-    ("action", "message"), [(3, "str or TextPlan"), ("   ", "empty"), ("add\x00", "non-printable")]
-)
-def test_bad_text_actions_raise_and_leave_state(action, message, fast):
-    env = gym.make("teachgym/OpenEnded-v0", **fast)
+@pytest.mark.parametrize(("env_id", "action", "message"), BAD_ACTIONS)
+def test_bad_actions_raise_and_leave_state_unchanged(env_id, action, message, fast):
+    env = gym.make(env_id, **fast)
     env.reset(seed=0)
     before = env.unwrapped.state_dict()
     with pytest.raises(ValueError, match=message):
@@ -224,3 +213,14 @@ def test_sb3_ppo_learns_on_flat_skill_list(fast):
     assert changed, "PPO's policy did not update"
     action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
     assert action.shape == (7,)
+
+
+def test_accumulate_mode_retrains_on_all_data(fast):
+    fast["student_kwargs"]["mode"] = "accumulate"
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    env.reset(seed=0)
+    _, _, _, _, first = env.step(np.ones(7, dtype=np.float32))
+    _, _, _, _, second = env.step(np.ones(7, dtype=np.float32))
+    # batch 16: the second call trains on both steps' data from the base weights.
+    n = first["examples_accepted"] + second["examples_accepted"]
+    assert second["train"]["steps"] == -(-n // 16) > first["train"]["steps"]

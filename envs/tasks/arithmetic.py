@@ -156,8 +156,8 @@ class ArithmeticTask:
     def __init__(
         self,
         skills: Sequence[str] = DEFAULT_SKILLS,
-        val_per_skill: int = 64,
-        test_per_skill: int = 64,
+        val_per_skill: int = 128,
+        test_per_skill: int = 128,
         split_seed: int = 1234,
         answer_order: str = "lsd_first",
     ) -> None:

@@ -1,0 +1,71 @@
+"""The README's promises, checked against the code."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from teachgym.config import ExperimentConfig, default_config_path, load_config
+from teachgym.experiments.cli import main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SMOKE = Path(default_config_path()).with_name("smoke.yaml")
+
+
+def _teacher_block() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    matches = [b for b in blocks if b.startswith("# my_teachers.py")]
+    assert len(matches) == 1, "the README shows one teacher module"
+    return matches[0]
+
+
+def test_readme_teacher_is_short_and_runs_with_the_cli(tmp_path, monkeypatch, capsys):
+    code = _teacher_block()
+    assert len(code.strip().splitlines()) < 40
+    (tmp_path / "my_teachers.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_teachers", raising=False)
+    out = tmp_path / "run"
+    assert main(["run", str(SMOKE), "teacher=my_teachers:Greedy", "--out", str(out)]) == 0
+    assert "final val accuracy" in capsys.readouterr().out
+    assert (out / "summary.json").exists()
+
+
+def test_readme_commands_and_keys_match_the_code():
+    text = README.read_text()
+    assert 'pip install "torch==2.13.0" -e ".[dev]" && teachgym run' in text
+    assert "pytest -q" in text
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "pytest -q" in ci and "torch==2.13.0" in ci
+    for key in ExperimentConfig.model_fields:
+        assert f"`{key}`" in text, f"config key {key} is not documented in the README"
+
+
+def test_packaged_default_yaml_equals_the_model_defaults():
+    # gymnasium.make() without arguments and `teachgym run` must be the same experiment.
+    assert load_config(default_config_path()).model_dump() == _defaults()
+
+
+def _defaults() -> dict:
+    from teachgym.envs.tasks.arithmetic import DEFAULT_SKILLS
+
+    cfg = ExperimentConfig().model_dump()
+    return cfg | {
+        "task_kwargs": {"skills": list(DEFAULT_SKILLS), "val_per_skill": 128,
+                        "test_per_skill": 128},
+        "student_kwargs": {"mode": "continual", "hidden_size": 128, "layers": 2, "heads": 8,
+                           "warmup_steps": 300, "lr": 0.004, "batch_size": 128},
+    }
+
+
+@pytest.mark.parametrize("key", ["val_per_skill", "test_per_skill"])
+def test_yaml_task_defaults_match_the_task(key):
+    import inspect
+
+    from teachgym.envs.tasks.arithmetic import ArithmeticTask
+
+    default = inspect.signature(ArithmeticTask).parameters[key].default
+    assert load_config(default_config_path()).task_kwargs[key] == default
