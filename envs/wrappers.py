@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from teachgym.envs.base import TeacherEnv
 
 
 class FlatSkillList(gym.ObservationWrapper):
@@ -35,8 +37,8 @@ class FlatSkillList(gym.ObservationWrapper):
             "budget_left",
         }:
             raise TypeError("FlatSkillList wraps teachgym/SkillList-v0 only")
-        k = inner["accuracy"].shape[0]
-        self._budget = float(env.unwrapped.config.budget)
+        k = len(cast(TeacherEnv, env.unwrapped).skills)
+        self._budget = float(cast(TeacherEnv, env.unwrapped).config.budget)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(2 * k + 1,), dtype=np.float32)
 
     def observation(self, observation: dict[str, Any]) -> np.ndarray:

@@ -182,7 +182,8 @@ class EpisodeRunner:
                 taken += 1
                 t0 = time.perf_counter()
                 action = teacher.act(obs, info)
-                obs, reward, terminated, truncated, info = env.step(action)
+                obs, raw_reward, terminated, truncated, info = env.step(action)
+                reward = float(raw_reward)
                 teacher.update(obs, reward, terminated, truncated, info)
                 done = terminated or truncated
                 row = _step_row(
@@ -377,9 +378,13 @@ def run_experiment(
     config: ExperimentConfig, out_dir: str | Path, console: Console | None = None
 ) -> dict[str, Any]:
     """Run one episode of ``config`` into ``out_dir`` (the library entry point)."""
-    return EpisodeRunner(config, out_dir, console=console).run()
+    summary = EpisodeRunner(config, out_dir, console=console).run()
+    assert summary is not None  # only run(max_new_steps=...) stops early
+    return summary
 
 
 def resume_experiment(run_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
     """Finish the run in ``run_dir`` from its last checkpoint."""
-    return EpisodeRunner.from_run_dir(run_dir, console=console).run()
+    summary = EpisodeRunner.from_run_dir(run_dir, console=console).run()
+    assert summary is not None
+    return summary

@@ -62,6 +62,9 @@ class WandbTracker:
             mode=os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
             config=config.model_dump(),
             name=f"{config.teacher}-seed{config.seed}",
+            # Leave the process's stdout alone: wandb's console capture wraps
+            # sys.stdout, which swallows output of the caller (and of pytest).
+            settings=wandb.Settings(console="off"),
         )
 
     def log_row(self, row: dict[str, Any]) -> None:

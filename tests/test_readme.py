@@ -54,10 +54,20 @@ def _defaults() -> dict:
 
     cfg = ExperimentConfig().model_dump()
     return cfg | {
-        "task_kwargs": {"skills": list(DEFAULT_SKILLS), "val_per_skill": 128,
-                        "test_per_skill": 128},
-        "student_kwargs": {"mode": "continual", "hidden_size": 128, "layers": 2, "heads": 8,
-                           "warmup_steps": 300, "lr": 0.004, "batch_size": 128},
+        "task_kwargs": {
+            "skills": list(DEFAULT_SKILLS),
+            "val_per_skill": 128,
+            "test_per_skill": 128,
+        },
+        "student_kwargs": {
+            "mode": "continual",
+            "hidden_size": 128,
+            "layers": 2,
+            "heads": 8,
+            "warmup_steps": 300,
+            "lr": 0.004,
+            "batch_size": 128,
+        },
     }
 
 
