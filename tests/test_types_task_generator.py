@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from teachgym.agents.generators.base import GenerationContext
 from teachgym.agents.generators.procedural import ProceduralGenerator, parse_text_plan
 from teachgym.envs.skills import SkillTree
-from teachgym.envs.tasks.arithmetic import FAMILIES, ArithmeticTask
+from teachgym.envs.tasks.arithmetic import DEFAULT_SKILLS, FAMILIES, ArithmeticTask
 from teachgym.envs.tasks.base import ProceduralTask, Task
 from teachgym.types import (
     Allocation,
@@ -80,7 +80,7 @@ def test_arithmetic_splits_fixed_disjoint_and_correct():
     assert isinstance(task, Task) and isinstance(task, ProceduralTask)
     assert len(task.skills.roots) >= 3 and len(task.skills.leaves) >= 6
     val, test = task.problems("val"), task.problems("test")
-    assert len(val) == len(test) == 6 * 64
+    assert len(val) == len(test) == len(task.leaf_skills) * 128
     assert not {p.prompt for p in val} & {p.prompt for p in test}
     assert [p.prompt for p in ArithmeticTask().problems("val")] == [p.prompt for p in val]
     ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__}
@@ -131,7 +131,7 @@ def _ctx(task, skills, seed=0):
 
 
 def test_procedural_generator_serves_every_plan_kind():
-    task = ArithmeticTask()
+    task = ArithmeticTask(skills=[*DEFAULT_SKILLS, "mul/2x1"])
     gen = ProceduralGenerator(task, seed=0)
     examples, rejected = gen.generate(
         Allocation(counts={"add/carry": 5, "cmp/3d": 3}), _ctx(task, task.leaf_skills)
@@ -144,22 +144,20 @@ def test_procedural_generator_serves_every_plan_kind():
     assert examples == [] and rejected == {"unparsed_plan": 1}
     # An inner node spreads over its leaves; an invented leaf uses its ancestor.
     examples, _ = gen.generate(
-        Allocation(counts={"add": 4, "mul/2x1/by9": 2}), _ctx(task, ["add", "mul/2x1/by9"])
+        Allocation(counts={"add": 6, "mul/2x1/by9": 2}), _ctx(task, ["add", "mul/2x1/by9"])
     )
     assert sorted(e.skill for e in examples) == [
-        "add/carry",
-        "add/carry",
-        "add/no_carry",
-        "add/no_carry",
-        "mul/2x1/by9",
-        "mul/2x1/by9",
+        *["add/carry"] * 2,
+        *["add/carry_3d"] * 2,
+        *["add/no_carry"] * 2,
+        *["mul/2x1/by9"] * 2,
     ]
     examples, rejected = gen.generate(Allocation(counts={"div/x": 3}), _ctx(task, ["div/x"]))
     assert examples == [] and rejected == {"no_procedure": 3}
 
 
 def test_procedural_generator_distinct_prompts_and_exhaustion():
-    task = ArithmeticTask()
+    task = ArithmeticTask(skills=[*DEFAULT_SKILLS, "mul/2x1"])
     gen = ProceduralGenerator(task)
     examples, rejected = gen.generate(
         Allocation(counts={"mul/2x1": 1000}), _ctx(task, task.leaf_skills)
