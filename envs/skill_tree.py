@@ -137,6 +137,9 @@ class SkillTreeEnv(TeacherEnv):
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self._alloc: dict[str, int] = self._even_allocation(self.tree.leaves)
+        # The action read by _read_action and its new standing allocation,
+        # applied by _commit_plan only once the step has succeeded.
+        self._pending: tuple[TreeAction, dict[str, int]] | None = None
         self.action_space = TreeActionSpace(lambda: self.tree, self.config.examples_per_step)
         self.observation_space = spaces.Dict(
             {
@@ -193,10 +196,8 @@ class SkillTreeEnv(TeacherEnv):
             alloc.pop(action.skill, None)
             for path in new:
                 alloc[path] = 0
-            targets = new
         else:
             leaves = self.tree.leaves_under(action.skill)
-            targets = []
             for key in action.allocation:
                 path = self._resolve(action.skill, key)
                 if path not in leaves:
@@ -204,10 +205,9 @@ class SkillTreeEnv(TeacherEnv):
                         f"exploit allocation names {key!r}, not a leaf under {action.skill!r} "
                         f"(leaves: {leaves})"
                     )
-                targets.append(path)
         for key, n in action.allocation.items():
             alloc[self._resolve(action.skill, key)] = n
-        self._pending = (action, alloc, targets)
+        self._pending = (action, alloc)
         return self._scaled(alloc)
 
     def _scaled(self, alloc: dict[str, int]) -> Allocation:
@@ -222,7 +222,8 @@ class SkillTreeEnv(TeacherEnv):
         return list(plan.counts)
 
     def _commit_plan(self, plan: Any) -> None:
-        action, alloc, _ = self._pending
+        assert self._pending is not None
+        action, alloc = self._pending
         if action.kind == "explore":
             for name in action.new_subskills:
                 self.tree.add(f"{action.skill}/{name}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +33,6 @@ def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[
 
 
 def _default_out(kind: str, config_name: str) -> Path:
-    import time
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{kind}-{config_name}-{stamp}"
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_model, save_model
 
-from teachgym.students.tokenizer import check_covered
+from teachgym.students.tokenizer import check_ids
 from teachgym.types import Example, Problem
 
 Mode = Literal["accumulate", "continual"]
@@ -126,9 +126,12 @@ class HFStudent:
     def _encode_examples(self, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
         """Token ids of prompt+completion+eos, and where the completion starts."""
         tok = self.tokenizer
-        check_covered(tok, (e.prompt + e.completion for e in examples))
-        prompts = tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
-        comps = tok([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+        prompt_texts = [e.prompt for e in examples]
+        comp_texts = [e.completion for e in examples]
+        prompts = tok(prompt_texts, add_special_tokens=False)["input_ids"]
+        comps = tok(comp_texts, add_special_tokens=False)["input_ids"]
+        check_ids(tok, prompt_texts, prompts)
+        check_ids(tok, comp_texts, comps)
         return [(p + c + [tok.eos_token_id], len(p)) for p, c in zip(prompts, comps, strict=True)]
 
     def train(self, examples: Sequence[Example]) -> dict[str, float]:

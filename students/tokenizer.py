@@ -8,7 +8,7 @@ vocabulary would otherwise look unlearnable for no visible reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -46,19 +46,23 @@ def build_char_tokenizer(alphabet: Iterable[str]) -> PreTrainedTokenizerFast:
     return tok
 
 
-def check_covered(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str]) -> None:
-    """Raise if any text would encode to the unknown token."""
+def check_ids(
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], ids: Sequence[Sequence[int]]
+) -> None:
+    """Raise if any already-encoded text contains the unknown token."""
     unk = tokenizer.unk_token_id
     if unk is None:
         return
-    texts = list(texts)
-    if not texts:
-        return
-    for text, ids in zip(
-        texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True
-    ):
-        if unk in ids:
+    for text, row in zip(texts, ids, strict=True):
+        if unk in row:
             bad = sorted({ch for ch in text if tokenizer.convert_tokens_to_ids(ch) == unk})
             raise ValueError(
                 f"text {text!r} has characters {bad} outside the tokenizer's vocabulary"
             )
+
+
+def check_covered(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str]) -> None:
+    """Raise if any text would encode to the unknown token."""
+    texts = list(texts)
+    if texts:
+        check_ids(tokenizer, texts, tokenizer(texts, add_special_tokens=False)["input_ids"])
