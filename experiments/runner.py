@@ -178,6 +178,8 @@ class EpisodeRunner:
             while not done:
                 if max_new_steps is not None and taken >= max_new_steps:
                     env.close()
+                    if tracker is not None:
+                        tracker.close()  # the resuming job reopens the same wandb run
                     return None
                 taken += 1
                 t0 = time.perf_counter()

@@ -74,4 +74,7 @@ class WandbTracker:
         for key, value in summary.items():
             if isinstance(value, int | float):
                 self._run.summary[key] = value
+        self.close()
+
+    def close(self) -> None:
         self._run.finish()

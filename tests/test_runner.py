@@ -229,3 +229,12 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(RuntimeError, match=r"teachgym\[wandb\]"):
         _run(tmp_path, "nowb", wandb=True)
+
+
+def test_wandb_run_is_closed_when_a_slice_stops_early(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "slice"
+    assert EpisodeRunner(load_config(SMOKE, {"wandb": True}), out).run(max_new_steps=2) is None
+    summary = EpisodeRunner.from_run_dir(out).run()
+    assert summary is not None and summary["steps"] == 6
