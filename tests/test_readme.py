@@ -58,6 +58,7 @@ def _defaults() -> dict:
             "skills": list(DEFAULT_SKILLS),
             "val_per_skill": 128,
             "test_per_skill": 128,
+            "pad_operands": False,
         },
         "student_kwargs": {
             "mode": "continual",
@@ -71,7 +72,7 @@ def _defaults() -> dict:
     }
 
 
-@pytest.mark.parametrize("key", ["val_per_skill", "test_per_skill"])
+@pytest.mark.parametrize("key", ["val_per_skill", "test_per_skill", "pad_operands"])
 def test_yaml_task_defaults_match_the_task(key):
     import inspect
 

@@ -115,6 +115,34 @@ def test_arithmetic_skill_definitions():
     assert len(prompts) == 720 > 5 * (64 + 64)
 
 
+def test_arithmetic_pad_operands_writes_the_same_problems():
+    padded = ArithmeticTask(val_per_skill=16, test_per_skill=16, pad_operands=True)
+    natural = ArithmeticTask(val_per_skill=16, test_per_skill=16)
+    assert padded.pad_operands and not natural.pad_operands
+    widths = set()
+    for a, b in zip(natural.problems("val"), padded.problems("val"), strict=True):
+        op = next(c for c in "+-?" if c in a.prompt)
+        # Every operand takes 3 characters (the longest default operand), so each digit
+        # sits at the same offset from "=" in every skill.
+        x, y = b.prompt[:-1].split(op)
+        widths.add((len(x), len(y)))
+        assert list(map(int, a.prompt[:-1].split(op))) == [int(x), int(y)]
+        assert a.answer == b.answer and a.skill == b.skill
+    assert widths == {(3, 3)}
+    assert any(len(p.prompt) < len("047+085=") for p in natural.problems("val"))
+    # The width follows the chosen skills: 2-digit skills alone need no padding.
+    two = ArithmeticTask(
+        skills=["add/carry", "sub/borrow"], val_per_skill=4, test_per_skill=4, pad_operands=True
+    )
+    assert all(len(p.prompt) == len("47+85=") for p in two.problems("test"))
+    sample = ArithmeticTask(skills=["add/carry", "add/carry_4d"], pad_operands=True).sample(
+        "add/carry", 50, np.random.default_rng(0)
+    )
+    assert all(len(p.prompt) == len("0047+0085=") for p in sample)
+    with pytest.raises(ValueError, match="pad_operands must be true or false"):
+        ArithmeticTask(pad_operands="yes")  # type: ignore[arg-type]
+
+
 def test_arithmetic_errors():
     with pytest.raises(ValueError, match="unknown arithmetic skills"):
         ArithmeticTask(skills=["div/exact"])

@@ -10,6 +10,7 @@ learning the procedure, not by memorising the evaluation items it never sees.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -109,6 +110,10 @@ FAMILIES: dict[str, Family] = {
     "sub/borrow": lambda r: _sub_borrow(r, 2),
     "sub/no_borrow_3d": lambda r: _sub_no_borrow(r, 3),
     "sub/borrow_3d": lambda r: _sub_borrow(r, 3),
+    "add/no_carry_4d": lambda r: _add_no_carry(r, 4),
+    "add/carry_4d": lambda r: _add_carry(r, 4),
+    "sub/no_borrow_4d": lambda r: _sub_no_borrow(r, 4),
+    "sub/borrow_4d": lambda r: _sub_borrow(r, 4),
     "mul/2x1": _mul_2x1,
     "mul/3x1": _mul_3x1,
     "cmp/3d": _compare,
@@ -123,6 +128,17 @@ DEFAULT_SKILLS = (
     "sub/borrow_3d",
     "cmp/3d",
 )
+
+
+_PROBLEM = re.compile(r"(\d+)(\D)(\d+)=")
+
+
+def _operand_digits(skill: str) -> int:
+    """The longest operand a family writes (each family has fixed operand lengths)."""
+    prompt, _ = FAMILIES[skill](np.random.default_rng(0))
+    match = _PROBLEM.fullmatch(prompt)
+    assert match is not None, prompt
+    return max(len(match.group(1)), len(match.group(3)))
 
 
 class ArithmeticTask:
@@ -141,6 +157,18 @@ class ArithmeticTask:
             designing this task, six 3-digit skills, the same 120k examples:
             mean accuracy 0.78 vs 0.53 with ``"msd_first"``).
             Comparison answers (``<``, ``>``, ``=``) are unaffected.
+        pad_operands: ``False`` (default) writes operands as they are
+            (``47+85=``); ``True`` pads every operand with leading zeros to the
+            longest operand of the chosen skills (``047+085=`` next to 3-digit
+            skills). Padding puts each digit at the same distance from ``=`` in
+            every skill, so the student need not first learn where the digits
+            of operands of different lengths are. That removes much of the
+            long loss plateau all teachers share, and with it most of what a
+            teacher can do for this student: with padding the uniform teacher
+            kept up with learning progress (default config, seeds 0-3, AULC
+            0.649, 0.613, 0.509, 0.599 vs 0.639, 0.679, 0.477, 0.559). The
+            unpadded default keeps the length interference between 2- and
+            3-digit skills, where a curriculum matters.
 
     >>> task = ArithmeticTask(skills=["add/carry", "cmp/3d"], val_per_skill=3, test_per_skill=3)
     >>> [p.skill for p in task.problems("val")]
@@ -160,6 +188,7 @@ class ArithmeticTask:
         test_per_skill: int = 128,
         split_seed: int = 1234,
         answer_order: str = "lsd_first",
+        pad_operands: bool = False,
     ) -> None:
         if answer_order not in ("lsd_first", "msd_first"):
             raise ValueError(
@@ -173,6 +202,10 @@ class ArithmeticTask:
             raise ValueError(f"skills must be a non-empty list without repeats, got {skills}")
         if val_per_skill < 1 or test_per_skill < 1:
             raise ValueError("val_per_skill and test_per_skill must be >= 1")
+        if not isinstance(pad_operands, bool):
+            raise ValueError(f"pad_operands must be true or false, got {pad_operands!r}")
+        self.pad_operands = pad_operands
+        self._width = max(_operand_digits(skill) for skill in skills) if pad_operands else 0
         self._skills = SkillTree(skills)
         self._leaves = list(skills)
         rng = np.random.default_rng(split_seed)
@@ -195,6 +228,11 @@ class ArithmeticTask:
 
     def _make(self, skill: str, rng: np.random.Generator) -> tuple[str, str]:
         prompt, answer = FAMILIES[skill](rng)
+        if self._width:
+            match = _PROBLEM.fullmatch(prompt)
+            assert match is not None, prompt
+            a, op, b = match.groups()
+            prompt = f"{a.zfill(self._width)}{op}{b.zfill(self._width)}="
         return prompt, answer[::-1] if self.answer_order == "lsd_first" else answer
 
     @property
