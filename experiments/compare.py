@@ -19,7 +19,7 @@ from teachgym import registry
 from teachgym.config import ExperimentConfig
 from teachgym.experiments import plots
 from teachgym.experiments.runner import EpisodeRunner, read_jsonl
-from teachgym.experiments.stats import leaderboard
+from teachgym.experiments.stats import leaderboard, paired_differences
 
 
 def compare_teachers(
@@ -65,12 +65,17 @@ def compare_teachers(
                     f"    AULC {summary['aulc']:.3f}  test {summary['final_test_accuracy']:.3f}"
                 )
     board = leaderboard(rows)
+    # The leader against each other teacher, seed by seed (same seed = same initial student).
+    paired = paired_differences(rows, board[0]["teacher"])
     (out / "leaderboard.json").write_text(json.dumps(_strict(board), indent=2))
+    (out / "paired.json").write_text(json.dumps(_strict(paired), indent=2))
     (out / "episodes.json").write_text(json.dumps(rows, indent=2))
     plots.plot_comparison(curves, out / "comparison.png")
     if console is not None:
         console.print(leaderboard_table(board))
-        console.print(f"leaderboard -> {out / 'leaderboard.json'}")
+        if paired:
+            console.print(paired_table(paired))
+        console.print(f"leaderboard -> {out / 'leaderboard.json'}, paired -> {out / 'paired.json'}")
     return board
 
 
@@ -79,18 +84,35 @@ def leaderboard_table(board: list[dict[str, Any]]) -> Table:
     for col in ("teacher", "AULC", "final test acc", "examples", "seeds"):
         table.add_column(col, justify="left" if col == "teacher" else "right")
 
-    def fmt(mean: float, ci: float) -> str:
-        return f"{mean:.3f} ± {ci:.3f}" if not math.isnan(ci) else f"{mean:.3f}"
-
     for r in board:
         table.add_row(
             r["teacher"],
-            fmt(r["aulc_mean"], r["aulc_ci95"]),
-            fmt(r["final_test_mean"], r["final_test_ci95"]),
+            _fmt(r["aulc_mean"], r["aulc_ci95"]),
+            _fmt(r["final_test_mean"], r["final_test_ci95"]),
             f"{r['examples_mean']:.0f}",
             str(r["seeds"]),
         )
     return table
+
+
+def paired_table(paired: list[dict[str, Any]]) -> Table:
+    leader = paired[0]["reference"]
+    table = Table(title=f"{leader} minus each teacher, paired by seed (mean ± 95% CI)")
+    for col in ("teacher", "Δ AULC", "Δ final test acc", "wins"):
+        table.add_column(col, justify="left" if col == "teacher" else "right")
+    for r in paired:
+        table.add_row(
+            r["teacher"],
+            _fmt(r["aulc_diff_mean"], r["aulc_diff_ci95"], signed=True),
+            _fmt(r["final_test_diff_mean"], r["final_test_diff_ci95"], signed=True),
+            f"{r['wins']}/{r['seeds']}",
+        )
+    return table
+
+
+def _fmt(mean: float, ci: float, signed: bool = False) -> str:
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return f"{text} ± {ci:.3f}" if not math.isnan(ci) else text
 
 
 def _strict(obj: Any) -> Any:

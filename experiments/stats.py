@@ -13,7 +13,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["T_975", "aulc", "format_leaderboard", "leaderboard", "mean_ci95", "t_quantile_975"]
+__all__ = [
+    "T_975",
+    "aulc",
+    "format_leaderboard",
+    "leaderboard",
+    "mean_ci95",
+    "paired_differences",
+    "t_quantile_975",
+]
 
 #: Two-sided 95% critical values of Student's t, i.e. the 0.975 quantile, for degrees of
 #: freedom 1..30 (index 0 is df=1). Embedded because scipy is not a dependency; values are
@@ -218,3 +226,60 @@ def format_leaderboard(board: Sequence[Mapping[str, Any]]) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """Per-seed differences ``reference - other`` for every other teacher, with 95% CIs.
+
+    Teachers compared on the same seed start from the same student weights and are scored
+    on the same validation and test problems, so most of the seed-to-seed spread (how long
+    the student takes to "get" a skill) is shared. Differencing within a seed removes that
+    shared part; the per-teacher intervals of :func:`leaderboard` keep it, so they can
+    overlap while the paired interval lies clear of zero. Only seeds that both teachers ran
+    are used. ``wins`` counts the seeds where the reference had the higher AULC.
+
+    >>> rows = [
+    ...     {"teacher": "a", "seed": s, "aulc": 0.5 + 0.1 * s, "final_test_accuracy": 0.9}
+    ...     for s in range(3)
+    ... ] + [
+    ...     {"teacher": "b", "seed": s, "aulc": 0.45 + 0.1 * s, "final_test_accuracy": 0.8}
+    ...     for s in range(3)
+    ... ]
+    >>> [d] = paired_differences(rows, "a")
+    >>> d["teacher"], round(d["aulc_diff_mean"], 3), round(d["aulc_diff_ci95"], 3), d["wins"]
+    ('b', 0.05, 0.0, 3)
+    """
+    by_teacher: dict[str, dict[Any, Mapping[str, Any]]] = {}
+    for row in rows:
+        by_teacher.setdefault(str(row["teacher"]), {})[row["seed"]] = row
+    if reference not in by_teacher:
+        raise ValueError(f"reference teacher {reference!r} is not among {sorted(by_teacher)}")
+    ref = by_teacher[reference]
+    out: list[dict[str, Any]] = []
+    for teacher, episodes in by_teacher.items():
+        if teacher == reference:
+            continue
+        seeds = sorted(set(ref) & set(episodes), key=str)
+        if not seeds:
+            continue
+        aulc_d = [float(ref[s]["aulc"]) - float(episodes[s]["aulc"]) for s in seeds]
+        test_d = [
+            float(ref[s]["final_test_accuracy"]) - float(episodes[s]["final_test_accuracy"])
+            for s in seeds
+        ]
+        aulc_mean, aulc_ci = mean_ci95(aulc_d)
+        test_mean, test_ci = mean_ci95(test_d)
+        out.append(
+            {
+                "reference": reference,
+                "teacher": teacher,
+                "aulc_diff_mean": aulc_mean,
+                "aulc_diff_ci95": aulc_ci,
+                "final_test_diff_mean": test_mean,
+                "final_test_diff_ci95": test_ci,
+                "wins": sum(d > 0 for d in aulc_d),
+                "seeds": len(seeds),
+            }
+        )
+    out.sort(key=lambda r: (-r["aulc_diff_mean"], r["teacher"]))
+    return out

@@ -146,7 +146,13 @@ def test_compare_writes_leaderboard_and_plot(tmp_path, capsys):
         }
         assert row["seeds"] == 2
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
-    assert "leaderboard" in capsys.readouterr().out
+    # The leader against the other teacher, paired by seed.
+    [paired] = json.loads((tmp_path / "cmp" / "paired.json").read_text())
+    assert paired["reference"] == board[0]["teacher"] and paired["teacher"] == board[1]["teacher"]
+    assert paired["seeds"] == 2 and 0 <= paired["wins"] <= 2
+    assert paired["aulc_diff_mean"] == pytest.approx(board[0]["aulc_mean"] - board[1]["aulc_mean"])
+    out = capsys.readouterr().out
+    assert "leaderboard" in out and "paired by seed" in out
     # A second call reuses the finished episodes instead of rerunning them.
     mtime = (tmp_path / "cmp" / "uniform" / "seed_0" / "summary.json").stat().st_mtime
     main(

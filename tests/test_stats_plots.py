@@ -16,6 +16,7 @@ from teachgym.experiments.stats import (
     format_leaderboard,
     leaderboard,
     mean_ci95,
+    paired_differences,
     t_quantile_975,
 )
 
@@ -175,6 +176,29 @@ def test_leaderboard_rejects_bad_input() -> None:
         leaderboard([_episode("a", 0, 0.1, 0.1, 1), _episode("a", 0, 0.2, 0.2, 1)])
     with pytest.raises(ValueError, match="lacks keys"):
         leaderboard([{"teacher": "a", "seed": 0, "aulc": 0.1}])
+
+
+def test_paired_differences_remove_the_shared_seed_effect() -> None:
+    # Seed difficulty swings both teachers by 0.3, the gap is a steady 0.04: the per-teacher
+    # intervals overlap, the paired one is tight and clear of zero.
+    rows = [_episode("lp", s, 0.3 + 0.1 * s + 0.04, 0.9, 1) for s in range(4)]
+    rows += [
+        _episode("uniform", s, 0.3 + 0.1 * s + (0.01 if s % 2 else 0.0), 0.8, 1) for s in range(4)
+    ]
+    rows += [_episode("random", s, 0.2, 0.5, 1) for s in (0, 1, 9)]  # seed 9: lp never ran it
+    board = leaderboard(rows)
+    lp, uni = (next(r for r in board if r["teacher"] == t) for t in ("lp", "uniform"))
+    assert lp["aulc_mean"] - lp["aulc_ci95"] < uni["aulc_mean"] + uni["aulc_ci95"]
+    diffs = {d["teacher"]: d for d in paired_differences(rows, "lp")}
+    assert set(diffs) == {"uniform", "random"}
+    d = diffs["uniform"]
+    assert d["aulc_diff_mean"] == pytest.approx(0.035)
+    assert 0 < d["aulc_diff_ci95"] < d["aulc_diff_mean"]
+    assert d["final_test_diff_mean"] == pytest.approx(0.1) and d["wins"] == 4 == d["seeds"]
+    assert diffs["random"]["seeds"] == 2  # only the seeds both ran
+    assert math.isnan(paired_differences(rows[:1] + rows[4:5], "lp")[0]["aulc_diff_ci95"])
+    with pytest.raises(ValueError, match="reference teacher 'greedy'"):
+        paired_differences(rows, "greedy")
 
 
 def test_format_leaderboard_aligned() -> None:
