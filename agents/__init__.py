@@ -11,6 +11,7 @@ from teachgym.agents.generators import (
     parse_text_plan,
 )
 from teachgym.agents.policies import (
+    CurriculumTeacher,
     LearningProgressTeacher,
     RandomTeacher,
     SkillListTeacher,
@@ -20,6 +21,7 @@ from teachgym.agents.policies import (
 )
 
 __all__ = [
+    "CurriculumTeacher",
     "GenerationContext",
     "Generator",
     "LearningProgressTeacher",

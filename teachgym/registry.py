@@ -35,6 +35,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "uniform": "teachgym.agents.policies.baselines:UniformTeacher",
         "weakest": "teachgym.agents.policies.baselines:WeakestTeacher",
         "learning_progress": "teachgym.agents.policies.learning_progress:LearningProgressTeacher",
+        "curriculum": "teachgym.agents.policies.curriculum:CurriculumTeacher",
     },
 }
 

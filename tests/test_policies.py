@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from teachgym.agents import (
+    CurriculumTeacher,
     LearningProgressTeacher,
     RandomTeacher,
     SkillListTeacher,
@@ -164,6 +165,67 @@ def test_state_round_trip_through_json_gives_identical_actions(
     assert not np.array_equal(fresh_action, expected)
 
 
+LEVELS = [["add/plain", "add/carry"], ["sub/borrow"], ["mul/2x1"]]
+
+
+def test_curriculum_feeds_only_open_levels_and_opens_on_the_gate() -> None:
+    teacher = CurriculumTeacher(fake_env(), levels=LEVELS, gate=0.5, patience=10)
+    first = shares(teacher.act(obs([0.0, 0.0, 0.0, 0.0]), {}))
+    assert first[0] > 0 and first[1] > 0 and first[2] == first[3] == 0.0
+    teacher.update(obs([0.3, 0.5, 0.0, 0.0]), 0.0, False, False, {})
+    assert shares(teacher.act(obs([0.3, 0.5, 0.0, 0.0]), {}))[2] == 0.0  # mean 0.4 < gate
+    teacher.update(obs([0.6, 0.7, 0.0, 0.0]), 0.0, False, False, {})
+    opened = shares(teacher.act(obs([0.6, 0.7, 0.0, 0.0]), {}))
+    # One level per step: sub opens, mul stays closed although add is past the gate.
+    assert teacher.level == 1 and opened[2] > 0 and opened[3] == 0.0
+    # The weakest open skill gets the most, as learning progress would give it.
+    assert opened[2] == opened.max()
+    # Episode end closes the levels again (the student is reset to its base weights).
+    teacher.update(obs([0.6, 0.7, 0.1, 0.0]), 0.0, True, False, {})
+    assert teacher.level == 0 and shares(teacher.act(obs([0.0] * 4), {}))[2] == 0.0
+
+
+def test_curriculum_patience_opens_a_level_that_never_passes_the_gate() -> None:
+    teacher = CurriculumTeacher(fake_env(), levels=LEVELS, patience=2)
+    levels = [int(teacher.act(obs([0.0] * 4), {}).astype(bool).sum()) for _ in range(7)]
+    # A level is trained for 2 steps (the first 2 acts plan them); the third act opens the next.
+    assert levels == [2, 2, 3, 3, 3, 4, 4]
+
+
+def test_curriculum_measures_levels_from_the_task_prompts() -> None:
+    import gymnasium as gym
+
+    env = gym.make("teachgym/SkillList-v0", task_kwargs={"val_per_skill": 4, "test_per_skill": 4})
+    teacher = CurriculumTeacher(env)
+    assert teacher.levels == [
+        ["add/no_carry", "add/carry", "sub/no_borrow", "sub/borrow"],
+        ["add/carry_3d", "sub/borrow_3d", "cmp/3d"],
+    ]
+    with pytest.raises(ValueError, match="needs levels"):
+        CurriculumTeacher(fake_env())
+    with pytest.raises(ValueError, match="cover each skill exactly once"):
+        CurriculumTeacher(fake_env(), levels=[["add/plain", "add/carry"], ["sub/borrow"]])
+    with pytest.raises(ValueError, match="cover each skill exactly once"):
+        CurriculumTeacher(fake_env(), levels=[*LEVELS, []])
+
+
+def test_curriculum_state_round_trip_keeps_the_open_level() -> None:
+    history = [[0.0, 0.0, 0.0, 0.0], [0.6, 0.7, 0.0, 0.0], [0.7, 0.8, 0.1, 0.0]]
+    original = CurriculumTeacher(fake_env(), levels=LEVELS, seed=5)
+    feed(original, history)
+    state = json.loads(json.dumps(original.state_dict()))
+    assert state["extra"]["level"] == 2
+    restored = CurriculumTeacher(fake_env(), levels=LEVELS, seed=1)
+    restored.load_state_dict(state)
+    acc = [0.8, 0.8, 0.3, 0.1]
+    for teacher in (original, restored):
+        teacher.update(obs(acc), 0.0, False, False, {})
+    assert np.array_equal(restored.act(obs(acc), {}), original.act(obs(acc), {}))
+    state["extra"]["level"] = 7
+    with pytest.raises(ValueError, match="level"):
+        restored.load_state_dict(state)
+
+
 def test_load_state_rejects_another_teacher_or_skill_list() -> None:
     state = LearningProgressTeacher(fake_env()).state_dict()
     with pytest.raises(ValueError, match="WeakestTeacher"):
@@ -192,6 +254,8 @@ def test_wrong_observation_size_is_an_error() -> None:
         (LearningProgressTeacher, {"mastery": 2.0}, "mastery"),
         (LearningProgressTeacher, {"replay": "a lot"}, "replay"),
         (UniformTeacher, {"seed": -1}, "seed"),
+        (CurriculumTeacher, {"gate": 1.5, "levels": LEVELS}, "gate"),
+        (CurriculumTeacher, {"patience": 0, "levels": LEVELS}, "patience"),
     ],
 )
 def test_bad_hyper_parameters_name_the_argument(

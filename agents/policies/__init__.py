@@ -2,9 +2,11 @@
 
 from teachgym.agents.policies.base import SkillListTeacher, TeacherPolicy
 from teachgym.agents.policies.baselines import RandomTeacher, UniformTeacher, WeakestTeacher
+from teachgym.agents.policies.curriculum import CurriculumTeacher
 from teachgym.agents.policies.learning_progress import LearningProgressTeacher
 
 __all__ = [
+    "CurriculumTeacher",
     "LearningProgressTeacher",
     "RandomTeacher",
     "SkillListTeacher",
