@@ -29,7 +29,7 @@ def compare_teachers(
     out_dir: str | Path,
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``teachers`` x ``range(seeds)`` and write leaderboard.json and comparison.png."""
+    """Run ``teachers`` x ``range(seeds)``; write leaderboard.json, paired.json, comparison.png."""
     for name in teachers:
         registry.resolve("teacher", name)  # fail before hours of work, not after
     out = Path(out_dir)

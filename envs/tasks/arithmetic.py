@@ -165,8 +165,9 @@ class ArithmeticTask:
             of operands of different lengths are. That removes much of the
             long loss plateau all teachers share, and with it most of what a
             teacher can do for this student: with padding the uniform teacher
-            kept up with learning progress (default config, seeds 0-3, AULC
-            0.649, 0.613, 0.509, 0.599 vs 0.639, 0.679, 0.477, 0.559). The
+            kept up with learning progress (default config, one torch thread,
+            seeds 0-3, AULC 0.649, 0.613, 0.509, 0.599 vs 0.639, 0.679, 0.477,
+            0.559). The
             unpadded default keeps the length interference between 2- and
             3-digit skills, where a curriculum matters.
 
