@@ -112,6 +112,21 @@ def test_resume_drops_rows_newer_than_the_checkpoint(tmp_path):
     assert (out / "steps.jsonl").read_bytes() == (whole / "steps.jsonl").read_bytes()
 
 
+def test_curriculum_run_sliced_and_resumed_matches_uninterrupted(tmp_path):
+    # The curriculum's open level is teacher state: a resume that lost it would feed
+    # the wrong skills after the restart.
+    kw = {"teacher": "curriculum", "teacher_kwargs": {"patience": 2}}
+    whole, _ = _run(tmp_path, "whole", **kw)
+    rows = read_jsonl(whole / "steps.jsonl")
+    hard = ["add/carry_3d", "sub/borrow_3d", "cmp/3d"]
+    assert all(rows[1]["examples_used"][s] == 0 for s in hard)
+    assert all(rows[-1]["examples_used"][s] > 0 for s in hard)
+    out = tmp_path / "sliced"
+    assert EpisodeRunner(load_config(SMOKE, kw), out).run(max_new_steps=3) is None
+    assert EpisodeRunner.from_run_dir(out).run() is not None
+    assert (out / "steps.jsonl").read_bytes() == (whole / "steps.jsonl").read_bytes()
+
+
 def test_resume_of_a_missing_run_is_refused(tmp_path):
     with pytest.raises(RunError, match="not a run directory"):
         EpisodeRunner.from_run_dir(tmp_path / "nothing")
