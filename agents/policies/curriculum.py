@@ -41,7 +41,7 @@ def length_levels(
     >>> length_levels(["a3", "a2", "b2", "c3"], {"a3": 8.0, "a2": 6.0, "b2": 6.2, "c3": 8.0})
     [['a2', 'b2'], ['a3', 'c3']]
     """
-    order = sorted(skills, key=lambda s: (lengths[s], list(skills).index(s)))
+    order = sorted(skills, key=lambda s: lengths[s])  # a stable sort: ties keep skill order
     levels: list[list[str]] = []
     for skill in order:
         if levels and lengths[skill] <= lengths[levels[-1][0]] * (1.0 + tolerance):
