@@ -22,8 +22,9 @@ from teachgym.config import ExperimentConfig, build_config
 from teachgym.envs.filtering import ExampleFilter
 from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.base import Split, Task
+from teachgym.runtime import set_torch_threads
 from teachgym.students.base import Student
-from teachgym.types import ErrorCase, EvalReport, Example, Prediction, SkillStats
+from teachgym.types import Allocation, ErrorCase, EvalReport, Example, Prediction, SkillStats
 
 #: Characters allowed in Text observations and actions: printable ASCII with
 #: whitespace. Gymnasium's default Text charset is alphanumeric only, which
@@ -67,6 +68,8 @@ class TeacherEnv(gym.Env):
         self.render_mode = render_mode
         self.config = build_config(config, overrides)
         cfg = self.config
+        if cfg.threads is not None:
+            set_torch_threads(cfg.threads)
         self.task: Task = task or registry.build("task", cfg.task, **cfg.task_kwargs)
         self.student: Student = student or registry.build(
             "student", cfg.student, task=self.task, seed=cfg.seed, **cfg.student_kwargs
@@ -84,6 +87,9 @@ class TeacherEnv(gym.Env):
             getattr(self.task, "alphabet", None),
             dedup=cfg.dedup,
         )
+        set_horizon = getattr(self.student, "set_horizon", None)
+        if callable(set_horizon):
+            set_horizon(self.horizon)
         self._started = False
         self._done = False
         self._episode_seed = 0
@@ -104,7 +110,21 @@ class TeacherEnv(gym.Env):
 
     @property
     def budget_left(self) -> int:
+        """Examples the teacher may still have the student train on (see :meth:`step`)."""
         return self.config.budget - self._budget_used
+
+    @property
+    def step_cap(self) -> int:
+        """The most examples the next step may accept: the step size or what is left."""
+        return min(self.config.examples_per_step, self.budget_left)
+
+    @property
+    def horizon(self) -> int:
+        """The most examples an episode can train on: the budget, or fewer if
+        ``max_steps`` full steps cannot spend it. Students that anneal their
+        learning rate over an episode are told this number."""
+        cfg = self.config
+        return min(cfg.budget, cfg.max_steps * cfg.examples_per_step)
 
     @property
     def report(self) -> EvalReport:
@@ -137,13 +157,27 @@ class TeacherEnv(gym.Env):
         return self._observation(), info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """Generate -> filter -> train -> evaluate; reward is the val accuracy gain."""
+        """Generate -> filter -> train -> evaluate; reward is the val accuracy gain.
+
+        The budget rule, the same in every env: **the teacher pays for the
+        examples the student trains on** (``examples_accepted``), nothing else.
+        A plan is first clamped to the step cap (``examples_per_step``, or the
+        budget left if smaller), keeping its proportions, and the generator is
+        told the cap (``GenerationContext.max_examples``), so no plan can make
+        it produce more. Examples the filter drops (duplicates, evaluation
+        items, bad characters) and shortfalls the generator reports cost
+        nothing; ``info["examples_by_skill"]`` shows, per skill, what was made,
+        accepted and rejected and why, so a teacher sees exactly what it paid
+        for.
+        """
         if not self._started:
             raise RuntimeError("call reset() before step()")
         if self._done:
             raise RuntimeError("the episode is over; call reset() to start a new one")
         plan = self._read_action(action)  # raises ValueError; state untouched
-        cap = min(self.config.examples_per_step, self.budget_left)
+        cap = self.step_cap
+        if isinstance(plan, Allocation):
+            plan = plan.clamped(cap)
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -157,8 +191,12 @@ class TeacherEnv(gym.Env):
             report=self._report,
         )
         examples, gen_rejected = self.generator.generate(plan, context)
-        accepted, rejected = self._filter(examples, set(self.tree.nodes) | set(plan_skills), cap)
-        rejected.update(dict(gen_rejected))
+        accepted, rejected_by_skill = self._filter(
+            examples, set(self.tree.nodes) | set(plan_skills), cap
+        )
+        rejected: Counter[str] = Counter(dict(gen_rejected))
+        for counts in rejected_by_skill.values():
+            rejected.update(counts)
         timings["generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -172,7 +210,7 @@ class TeacherEnv(gym.Env):
         # Commit: nothing above changed env state except the student's weights.
         self._commit_plan(plan)
         self._filter.commit(accepted)
-        self._budget_used += min(len(examples), cap)
+        self._budget_used += len(accepted)
         self._used.update(e.skill for e in accepted)
         self._step_count += 1
         previous = self._history[-1]
@@ -188,8 +226,11 @@ class TeacherEnv(gym.Env):
             examples_made=len(examples),
             examples_accepted=len(accepted),
             rejected=dict(sorted(rejected.items())),
+            examples_by_skill=_by_skill(examples, accepted, rejected_by_skill),
             train=dict(train_metrics),
         )
+        if isinstance(plan, Allocation):
+            info["requested"] = dict(plan.counts)
         if terminated or truncated:
             self._done = True
             test_report, _ = self.evaluate("test")
@@ -347,6 +388,22 @@ class Timings(Mapping[str, float]):
 
     def __repr__(self) -> str:
         return f"Timings({self._seconds!r})"
+
+
+def _by_skill(
+    made: Sequence[Example], accepted: Sequence[Example], rejected: Mapping[str, Counter[str]]
+) -> dict[str, dict[str, Any]]:
+    """Per skill: examples made, accepted (and paid for), and rejected by reason."""
+    made_n = Counter(e.skill for e in made)
+    accepted_n = Counter(e.skill for e in accepted)
+    return {
+        skill: {
+            "made": made_n[skill],
+            "accepted": accepted_n[skill],
+            "rejected": dict(sorted(rejected.get(skill, Counter()).items())),
+        }
+        for skill in sorted(made_n)
+    }
 
 
 def _report_dict(report: EvalReport) -> dict[str, dict[str, float]]:

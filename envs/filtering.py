@@ -35,33 +35,35 @@ class ExampleFilter:
 
     def __call__(
         self, examples: Sequence[Example], skills: Collection[str], cap: int
-    ) -> tuple[list[Example], Counter[str]]:
-        """Accepted examples (at most ``cap``) and rejection counts by reason.
+    ) -> tuple[list[Example], dict[str, Counter[str]]]:
+        """Accepted examples (at most ``cap``) and, per skill, rejection counts by reason.
 
         Does not mutate ``seen``; call :meth:`commit` once the step is kept, so
         a failure later in the step leaves the filter as it was.
         """
-        rejected: Counter[str] = Counter()
+        rejected: dict[str, Counter[str]] = {}
         accepted: list[Example] = []
         batch: set[str] = set()
-        for i, ex in enumerate(examples):
-            if i >= cap:
-                rejected["over_budget"] += len(examples) - cap
-                break
-            key = normalize_prompt(ex.prompt)
-            if ex.skill not in skills:
-                rejected["unknown_skill"] += 1
+        for ex in examples:
+            if len(accepted) >= cap:
+                reason = "over_budget"
+            elif ex.skill not in skills:
+                reason = "unknown_skill"
             elif (
                 self._alphabet is not None and not set(ex.prompt + ex.completion) <= self._alphabet
             ):
-                rejected["bad_characters"] += 1
-            elif key in self._eval:
-                rejected["contaminated"] += 1
-            elif key in self.seen or key in batch:
-                rejected["duplicate"] += 1
+                reason = "bad_characters"
             else:
-                batch.add(key)
-                accepted.append(ex)
+                key = normalize_prompt(ex.prompt)
+                if key in self._eval:
+                    reason = "contaminated"
+                elif key in self.seen or key in batch:
+                    reason = "duplicate"
+                else:
+                    batch.add(key)
+                    accepted.append(ex)
+                    continue
+            rejected.setdefault(ex.skill, Counter())[reason] += 1
         return accepted, rejected
 
     def commit(self, accepted: Iterable[Example]) -> None:

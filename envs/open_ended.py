@@ -46,6 +46,16 @@ class OpenEndedEnv(TeacherEnv):
     The change in mean per-skill validation accuracy, minus
     ``cost_per_example`` per accepted example.
 
+    ## Budget
+
+    The teacher pays for the examples the student trains on, nothing else:
+    ``budget_left`` falls by ``info["examples_accepted"]``. A plan is clamped
+    to the step cap, ``min(examples_per_step, budget_left)``, before the
+    generator runs (proportions kept), so no plan makes more than a step can
+    use. Examples the filter drops (duplicates, evaluation items, bad
+    characters) cost nothing; ``info["examples_by_skill"]`` shows per skill
+    how many were made, accepted and rejected, and why.
+
     ## Starting State
 
     The untrained student's evaluation (base weights, no data).

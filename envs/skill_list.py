@@ -29,7 +29,7 @@ class SkillListEnv(TeacherEnv):
     order of ``env.unwrapped.skills``. Weights are normalised, so only their
     ratios matter; an all-zero vector spreads evenly. An
     :class:`~teachgym.types.Allocation` with explicit counts is also accepted
-    (its total is capped by the step size and the budget left).
+    (clamped like any plan, see Budget).
 
     ## Observation Space
 
@@ -38,13 +38,23 @@ class SkillListEnv(TeacherEnv):
     | Key             | Shape | Min | Max    | Meaning                                 |
     |-----------------|-------|-----|--------|-----------------------------------------|
     | `accuracy`      | (K,)  | 0   | 1      | validation accuracy of each skill       |
-    | `examples_used` | (K,)  | 0   | budget | accepted training examples so far       |
-    | `budget_left`   | (1,)  | 0   | budget | examples the teacher may still request  |
+    | `examples_used` | (K,)  | 0   | budget | examples trained on so far (paid for)   |
+    | `budget_left`   | (1,)  | 0   | budget | budget minus the sum of `examples_used` |
 
     ## Rewards
 
     The change in mean per-skill validation accuracy caused by the step, minus
     ``cost_per_example`` times the number of accepted examples.
+
+    ## Budget
+
+    The teacher pays for the examples the student trains on, nothing else:
+    ``budget_left`` falls by ``info["examples_accepted"]``. A plan is clamped
+    to the step cap, ``min(examples_per_step, budget_left)``, before the
+    generator runs (proportions kept), so no plan makes more than a step can
+    use. Examples the filter drops (duplicates, evaluation items, bad
+    characters) cost nothing; ``info["examples_by_skill"]`` shows per skill
+    how many were made, accepted and rejected, and why.
 
     ## Starting State
 

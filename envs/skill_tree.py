@@ -72,8 +72,9 @@ class SkillTreeEnv(TeacherEnv):
     how many examples each leaf skill gets per step. Each step the teacher
     either *explores* (adds subskills under a node, with their allocations) or
     *exploits* (sets the allocation of existing leaves under a node); then data
-    is made for every leaf per the allocation, scaled down to
-    ``examples_per_step`` and to the budget left. With the ``procedural``
+    is made for every leaf per the allocation. An allocation that adds up
+    to more than ``examples_per_step`` is scaled down to it when it is set,
+    so the standing allocation the observation shows is what a step makes. With the ``procedural``
     generator an invented subskill is served by the nearest ancestor the task
     can sample; an LLM generator can make genuinely new data for it.
 
@@ -92,7 +93,7 @@ class SkillTreeEnv(TeacherEnv):
     |---------------|------------------------|------------------------------------------------|
     | `tree`        | Text(printable, 16384) | one line per node: path, val accuracy, count,   |
     |               |                        | standing allocation                             |
-    | `budget_left` | Box(0, budget, (1,))   | examples the teacher may still request          |
+    | `budget_left` | Box(0, budget, (1,))   | examples the student may still train on         |
 
     ``info["tree"]`` has the same per-node data as a list of dicts.
 
@@ -101,6 +102,16 @@ class SkillTreeEnv(TeacherEnv):
     The change in mean per-skill validation accuracy, minus
     ``cost_per_example`` per accepted example. ``info["skill_rewards"]`` gives
     each task skill's own accuracy change.
+
+    ## Budget
+
+    The teacher pays for the examples the student trains on, nothing else:
+    ``budget_left`` falls by ``info["examples_accepted"]``. A plan is clamped
+    to the step cap, ``min(examples_per_step, budget_left)``, before the
+    generator runs (proportions kept), so no plan makes more than a step can
+    use. Examples the filter drops (duplicates, evaluation items, bad
+    characters) cost nothing; ``info["examples_by_skill"]`` shows per skill
+    how many were made, accepted and rejected, and why.
 
     ## Starting State
 
@@ -207,16 +218,11 @@ class SkillTreeEnv(TeacherEnv):
                     )
         for key, n in action.allocation.items():
             alloc[self._resolve(action.skill, key)] = n
+        # The standing allocation never exceeds a step: what the observation
+        # shows is what a step makes (unless the budget left is smaller).
+        alloc = dict(Allocation(counts=alloc).clamped(self.config.examples_per_step).counts)
         self._pending = (action, alloc)
-        return self._scaled(alloc)
-
-    def _scaled(self, alloc: dict[str, int]) -> Allocation:
-        """This step's counts: the standing allocation, scaled to fit the step."""
-        cap = min(self.config.examples_per_step, self.budget_left)
-        total = sum(alloc.values())
-        if total <= cap:
-            return Allocation(counts=dict(alloc))
-        return Allocation.from_weights(list(alloc), list(alloc.values()), cap)
+        return Allocation(counts=alloc)
 
     def _plan_skills(self, plan: Any) -> list[str]:
         return list(plan.counts)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 
-from teachgym.config import ConfigError, load_config, parse_cli_overrides
+from teachgym.config import load_config, parse_cli_overrides
+from teachgym.errors import ConfigError, UserError
 
 
 def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -40,13 +42,20 @@ def _default_out(kind: str, config_name: str) -> Path:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from teachgym.experiments.runner import resume_experiment, run_experiment
 
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.resume:
         if args.items:
-            raise ConfigError("--resume takes no config or overrides: the run keeps its config")
-        resume_experiment(args.resume, console=console)
+            raise ConfigError(
+                "--resume takes no config or overrides: the run keeps its config "
+                "(only --threads may change, with a warning)"
+            )
+        resume_experiment(args.resume, console=console, threads=args.threads)
         return 0
     config_path, overrides = _split_config_and_overrides(args.items)
     config = load_config(config_path, parse_cli_overrides(overrides))
+    if args.threads is not None:
+        config = config.model_copy(update={"threads": args.threads})
     out = (
         Path(args.out)
         if args.out
@@ -92,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="run directory (default: runs/run-<config>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish a killed run from its checkpoint")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (the same as threads=N; with --resume, overrides the recorded "
+        "count with a warning)",
+    )
     run.set_defaults(func=cmd_run)
     cmp = sub.add_parser("compare", help="run teachers x seeds and print a leaderboard")
     cmp.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
@@ -109,12 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 160)
     try:
         return int(args.func(args, console))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+    except UserError as err:
+        # A mistake in what was asked: one line that names it, no traceback.
+        message = " ".join(str(err).split())
+        print(f"teachgym: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted; resume with `teachgym run --resume DIR`[/yellow]")
+        print("interrupted; resume with `teachgym run --resume DIR`", file=sys.stderr)
         return 130
+    except Exception:
+        # Anything else is a failure inside the run or a bug: show where it happened.
+        traceback.print_exc()
+        return 1
 
 
 if __name__ == "__main__":

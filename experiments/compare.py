@@ -2,7 +2,8 @@
 
 Each episode is an ordinary run directory (``<out>/<teacher>/seed_<k>``), so
 an interrupted comparison picks up where it stopped: finished episodes are
-read back from their ``summary.json``, a half-done one is resumed.
+read back from their ``summary.json``, a half-done one is resumed, and one
+whose recorded config differs from what is asked now is refused by name.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from teachgym import registry
-from teachgym.config import ExperimentConfig
+from teachgym.config import ExperimentConfig, build_config, config_diff, fingerprint
+from teachgym.errors import RunError
 from teachgym.experiments import plots
-from teachgym.experiments.runner import EpisodeRunner, read_jsonl
+from teachgym.experiments.runner import EpisodeRunner, read_jsonl, resolve_config
 from teachgym.experiments.stats import leaderboard, paired_differences
 
 
@@ -42,14 +45,8 @@ def compare_teachers(
             run_dir = out / teacher.replace(":", "_").replace("/", "_") / f"seed_{seed}"
             if console is not None:
                 console.print(f"[{i * seeds + seed + 1}/{total}] teacher={teacher} seed={seed}")
-            summary_path = run_dir / "summary.json"
-            if summary_path.exists():
-                summary = json.loads(summary_path.read_text())
-            else:
-                cfg = config.model_copy(update={"teacher": teacher, "seed": seed})
-                resume = (run_dir / "config.yaml").exists()
-                summary = EpisodeRunner(cfg, run_dir, resume=resume, console=None).run()
-                assert summary is not None
+            cfg = resolve_config(config.model_copy(update={"teacher": teacher, "seed": seed}))
+            summary = _episode(cfg, run_dir)
             rows.append(
                 {
                     "teacher": teacher,
@@ -77,6 +74,32 @@ def compare_teachers(
             console.print(paired_table(paired))
         console.print(f"leaderboard -> {out / 'leaderboard.json'}, paired -> {out / 'paired.json'}")
     return board
+
+
+def _episode(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """The summary of ``config``'s episode in ``run_dir``: read back, resumed or run.
+
+    A directory that holds an episode of another config is refused, naming the
+    keys that differ: reusing it would put a different experiment in the
+    leaderboard, and overwriting it would lose one.
+    """
+    saved_path = run_dir / "config.yaml"
+    if saved_path.exists():
+        saved = build_config(yaml.safe_load(saved_path.read_text()))
+        if fingerprint(saved) != fingerprint(config):
+            diff = "; ".join(config_diff(saved, config))
+            raise RunError(
+                f"{str(run_dir)!r} holds an episode of another config ({diff}); "
+                f"choose another --out, or delete that directory to rerun it"
+            )
+        summary_path = run_dir / "summary.json"
+        if summary_path.exists():
+            return dict(json.loads(summary_path.read_text()))
+        summary = EpisodeRunner(config, run_dir, resume=True, console=None).run()
+    else:
+        summary = EpisodeRunner(config, run_dir, console=None).run()
+    assert summary is not None
+    return summary
 
 
 def leaderboard_table(board: list[dict[str, Any]]) -> Table:

@@ -76,5 +76,10 @@ class WandbTracker:
                 self._run.summary[key] = value
         self.close()
 
-    def close(self) -> None:
-        self._run.finish()
+    def close(self, exit_code: int = 0) -> None:
+        """Finish the wandb run (a resumed run reopens it by its id)."""
+        self._run.finish(exit_code=exit_code)
+
+    @property
+    def run(self) -> Any:
+        return self._run

@@ -7,6 +7,8 @@ value fails the same way everywhere, with the key's name in the message.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,11 +16,23 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from teachgym.errors import ConfigError
+
+__all__ = [
+    "ENV_IDS",
+    "ConfigError",
+    "ExperimentConfig",
+    "apply_overrides",
+    "build_config",
+    "config_diff",
+    "default_config_path",
+    "dump_config",
+    "fingerprint",
+    "load_config",
+    "parse_cli_overrides",
+]
+
 ENV_IDS = ("teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
 
 
 class ExperimentConfig(BaseModel):
@@ -49,6 +63,12 @@ class ExperimentConfig(BaseModel):
     cost_per_example: float = Field(default=0.0, ge=0.0)
     max_errors: int = Field(default=24, ge=0, description="error examples shown per step")
     dedup: Literal["step", "episode"] = "step"
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch CPU threads; None: every core, at most 8 (the runner records the "
+        "number it used, since another count gives other floats)",
+    )
     wandb: bool = False
 
     @model_validator(mode="after")
@@ -143,3 +163,34 @@ def default_config_path() -> Path:
 
 def dump_config(config: ExperimentConfig) -> str:
     return yaml.safe_dump(config.model_dump(), sort_keys=False)
+
+
+def fingerprint(config: ExperimentConfig) -> str:
+    """A short hash of the whole config: equal hashes, same experiment.
+
+    >>> fingerprint(ExperimentConfig()) == fingerprint(ExperimentConfig())
+    True
+    >>> fingerprint(ExperimentConfig()) == fingerprint(ExperimentConfig(seed=1))
+    False
+    """
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def config_diff(a: ExperimentConfig, b: ExperimentConfig) -> list[str]:
+    """Dotted keys whose values differ, with both values, for error messages.
+
+    >>> config_diff(ExperimentConfig(), ExperimentConfig(seed=2, student_kwargs={"lr": 1}))
+    ['seed: 0 -> 2', 'student_kwargs.lr: None -> 1']
+    """
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in sorted(set(x) | set(y), key=str):
+                walk(x.get(key), y.get(key), f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix[:-1]}: {x!r} -> {y!r}")
+
+    walk(a.model_dump(mode="json"), b.model_dump(mode="json"), "")
+    return out

@@ -14,8 +14,11 @@ Constructors are called with keyword arguments only:
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, Literal
+
+from teachgym.errors import ConfigError
 
 Kind = Literal["task", "student", "generator", "teacher"]
 
@@ -59,24 +62,42 @@ def resolve(kind: Kind, name: str) -> Callable[..., Any]:
     if callable(target):
         return target
     if ":" not in target:
-        raise ValueError(
+        raise ConfigError(
             f"unknown {kind} {name!r}: use one of {names(kind)} or an import path "
             f"'package.module:Class'"
         )
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import {kind} {name!r}: {err}") from err
+    except ModuleNotFoundError as err:
+        if err.name is not None and module_name.startswith(err.name):
+            raise ConfigError(f"cannot import {kind} {name!r}: {err}") from err
+        raise  # the module exists but an import inside it failed: a bug, keep the traceback
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"cannot import {kind} {name!r}: {module_name} has no {attr!r}") from None
+        raise ConfigError(f"cannot import {kind} {name!r}: {module_name} has no {attr!r}") from None
 
 
 def build(kind: Kind, name: str, **kwargs: Any) -> Any:
+    """Build a component from config values.
+
+    Arguments the constructor does not take, and a ``ValueError`` it raises
+    (by convention, a rejected argument value), are reported as a
+    :class:`~teachgym.errors.ConfigError` naming the component: those
+    arguments came from the user's ``*_kwargs``. The original error is
+    chained; any other exception is left alone, traceback and all.
+    """
     factory = resolve(kind, name)
     try:
-        return factory(**kwargs)
+        inspect.signature(factory).bind(**kwargs)
     except TypeError as err:
-        raise TypeError(f"cannot build {kind} {name!r}: {err}") from err
+        raise ConfigError(f"cannot build {kind} {name!r} from {kind}_kwargs: {err}") from None
+    except ValueError:  # no signature to check (a builtin); let the call decide
+        pass
+    try:
+        return factory(**kwargs)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"cannot build {kind} {name!r} from {kind}_kwargs: {err}") from err

@@ -158,6 +158,31 @@ class Allocation(_Frozen):
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def clamped(self, cap: int) -> Allocation:
+        """The same plan scaled down to at most ``cap`` examples in total.
+
+        Counts keep their proportions (largest-remainder rounding, exact
+        integer arithmetic, so a count of 10**30 is as safe as 30). A plan
+        that fits is returned unchanged. This is what lets an env refuse to
+        make a generator produce more than a step may use, whatever a teacher
+        asks for.
+
+        >>> Allocation(counts={"a": 10**12, "b": 10**12, "c": 0}).clamped(5).counts
+        {'a': 3, 'b': 2, 'c': 0}
+        """
+        if cap < 0:
+            raise ValueError(f"cap must be >= 0, got {cap}")
+        total = self.total
+        if total <= cap:
+            return self
+        names = list(self.counts)
+        exact = [self.counts[k] * cap for k in names]
+        base = [x // total for x in exact]
+        order = sorted(range(len(names)), key=lambda i: (-(exact[i] % total), i))
+        for i in order[: cap - sum(base)]:
+            base[i] += 1
+        return Allocation(counts=dict(zip(names, base, strict=True)))
+
     @classmethod
     def from_weights(cls, skills: list[str], weights: Any, total: int) -> Allocation:
         """Split ``total`` examples across ``skills`` in proportion to ``weights``.

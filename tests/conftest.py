@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 #: A tiny student and a tiny task: every env step trains on a handful of
 #: examples, so check_env's dozen resets and steps run in well under a second.
@@ -24,8 +20,3 @@ FAST: dict[str, Any] = {
 @pytest.fixture
 def fast() -> dict[str, Any]:
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in FAST.items()}
-
-
-@pytest.fixture(autouse=True)
-def _deterministic_torch() -> None:
-    torch.use_deterministic_algorithms(False)

@@ -8,8 +8,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import teachgym  # noqa: F401  (registers the env ids)
+from teachgym.agents.generators import GenerationContext, ProceduralGenerator
 from teachgym.envs import ArithmeticTask, FlatSkillList
-from teachgym.types import Allocation, TextPlan, TreeAction
+from teachgym.types import Allocation, Example, Provenance, TextPlan, TreeAction
 
 ENV_IDS = ["teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0"]
 
@@ -38,7 +39,9 @@ def test_skill_list_step_contract(fast):
     weights[0] = 1.0
     obs, reward, terminated, truncated, info = env.step(weights)
     assert obs in env.observation_space
-    assert info["examples_made"] == 20
+    assert info["examples_made"] == 20 and info["requested"] == {
+        s: 20 * (s == "add/no_carry") for s in env.unwrapped.skills
+    }
     assert info["examples_accepted"] + sum(info["rejected"].values()) == 20
     assert set(info["timings"]) == {"generate", "train", "evaluate"}
     assert all(v >= 0 for v in info["timings"].values())
@@ -46,12 +49,15 @@ def test_skill_list_step_contract(fast):
         obs["examples_used"][0] == info["examples_accepted"] and obs["examples_used"][1:].sum() == 0
     )
     assert reward == pytest.approx(info["accuracy"] - env.unwrapped.history[0])
-    assert obs["budget_left"][0] == 40 and not terminated and not truncated
-    assert "test_accuracy" not in info  # only at the end
-    env.step(weights)
-    obs, _, terminated, truncated, info = env.step(weights)
-    assert terminated and not truncated and obs["budget_left"][0] == 0
-    assert 0.0 <= info["test_accuracy"] <= 1.0
+    assert not terminated and not truncated and "test_accuracy" not in info  # only at the end
+    steps = 1
+    while not terminated:
+        # The budget rule: the teacher pays for what the student trains on, nothing else.
+        assert obs["budget_left"][0] + obs["examples_used"].sum() == 60
+        obs, _, terminated, truncated, info = env.step(weights)
+        steps += 1
+    assert not truncated and obs["budget_left"][0] == 0 and obs["examples_used"].sum() == 60
+    assert steps >= 3 and 0.0 <= info["test_accuracy"] <= 1.0
     with pytest.raises(RuntimeError, match="episode is over"):
         env.step(weights)
 
@@ -132,11 +138,11 @@ def test_skill_tree_explore_then_exploit(fast):
     obs, info = env.reset(seed=0)
     assert {r["skill"] for r in info["tree"]} >= {"add", "add/carry"}
     action = TreeAction(
-        kind="explore", skill="cmp/3d", new_subskills=["equal"], allocation={"equal": 6}
+        kind="explore", skill="cmp/3d", new_subskills=["equal"], allocation={"equal": 2}
     )
     obs, _, _, _, info = env.step(action)
     assert "cmp/3d/equal" in env.unwrapped.skills and "cmp/3d" not in env.unwrapped.skills
-    assert info["allocation"]["cmp/3d/equal"] == 6
+    assert info["allocation"]["cmp/3d/equal"] == 2
     assert "cmp/3d/equal" in obs["tree"]
     # Data for the invented subskill comes from its ancestor's procedure.
     made = [e for e in env.unwrapped.last_examples if e.skill == "cmp/3d/equal"]
@@ -151,12 +157,131 @@ def test_skill_tree_explore_then_exploit(fast):
     assert set(info["skill_rewards"]) == set(env.unwrapped.task.leaf_skills)
 
 
+def test_skill_tree_standing_allocation_never_exceeds_a_step(fast):
+    env = gym.make("teachgym/SkillTree-v0", **fast)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(
+        TreeAction(kind="exploit", skill="add", allocation={"carry": 300, "no_carry": 100})
+    )
+    # 300 + 100 + the other leaves' shares > 20: scaled down when set, proportions
+    # kept, so what the observation shows is what a step makes.
+    alloc = info["allocation"]
+    assert sum(alloc.values()) == 20
+    assert abs(alloc["add/carry"] - 3 * alloc["add/no_carry"]) <= 2 and alloc["add/no_carry"] > 0
+    assert sum(info["requested"].values()) == 20
+
+
+class _CountingTask:
+    """Wraps a task and counts the problems its sampler is asked for."""
+
+    def __init__(self, task):
+        self._task, self.sampled = task, 0
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def sample(self, skill, n, rng):
+        self.sampled += n
+        return self._task.sample(skill, n, rng)
+
+
+HUGE_PLANS = [
+    ("teachgym/SkillList-v0", Allocation(counts={"add/carry": 10**12, "cmp/3d": 10**30})),
+    ("teachgym/OpenEnded-v0", "add/carry: 999999999999\ncmp/3d: " + "9" * 3000),
+    (
+        "teachgym/SkillTree-v0",
+        TreeAction(kind="exploit", skill="add", allocation={"carry": 10**12, "no_carry": 3}),
+    ),
+    (
+        "teachgym/SkillTree-v0",
+        TreeAction(kind="explore", skill="sub", new_subskills=["x"], allocation={"x": 10**18}),
+    ),
+    (
+        "teachgym/SkillTree-v0",
+        TreeAction(
+            kind="explore", skill="sub/borrow", new_subskills=["x"], allocation={"x": 10**18}
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("env_id", "plan"), HUGE_PLANS)
+def test_huge_plans_are_clamped_before_generation(env_id, plan, fast):
+    task = _CountingTask(ArithmeticTask(val_per_skill=4, test_per_skill=4))
+    env = gym.make(env_id, task=task, **fast)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(plan)
+    # The generator was never asked for the plan's count: at most the step cap
+    # (20), and the few redraws distinct prompts need.
+    assert 0 < task.sampled <= 4 * 20 + 64 * len(env.unwrapped.skills)
+    assert info["examples_made"] <= 20 and 0 < info["examples_accepted"] <= 20
+    assert info["budget_left"] == 60 - info["examples_accepted"]
+    if "requested" in info:
+        assert sum(info["requested"].values()) == 20
+
+
+def test_the_procedural_generator_honours_max_examples():
+    task = ArithmeticTask(val_per_skill=4, test_per_skill=4)
+    gen = ProceduralGenerator(task)
+    for plan in (
+        Allocation(counts={"add/carry": 10**30, "sub/borrow": 10**29}),
+        TextPlan(text="add/carry: 10000000000000"),
+    ):
+        context = GenerationContext(
+            step=0,
+            rng=np.random.default_rng(0),
+            max_examples=50,
+            skills=task.leaf_skills,
+            task=task,
+        )
+        examples, _ = gen.generate(plan, context)
+        assert len(examples) == 50
+
+
+def test_info_shows_per_skill_what_the_teacher_paid_for(fast):
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    env.reset(seed=0)
+    core = env.unwrapped
+    val = core.task.problems("val")
+    src = Provenance(generator="test")
+
+    class Leaky:
+        """Half of its examples are validation items, which the filter drops."""
+
+        name = "leaky"
+
+        def generate(self, plan, context):
+            out = []
+            for i, p in enumerate(val[: context.max_examples]):
+                prompt = p.prompt if i % 2 else f"{i + 10}+{i + 10}="
+                out.append(Example(prompt=prompt, completion="2", skill=p.skill, source=src))
+            return out, {"space_exhausted": 3}
+
+    core.generator = Leaky()
+    _, _, _, _, info = env.step(np.ones(7, dtype=np.float32))
+    by_skill = info["examples_by_skill"]
+    assert sum(v["made"] for v in by_skill.values()) == info["examples_made"] == 20
+    assert sum(v["accepted"] for v in by_skill.values()) == info["examples_accepted"] == 10
+    assert sum(v["rejected"].get("contaminated", 0) for v in by_skill.values()) == 10
+    assert info["rejected"] == {"contaminated": 10, "space_exhausted": 3}
+    # Only the accepted half is charged.
+    assert info["budget_left"] == 60 - 10
+    assert sum(info["examples_used"].values()) == 10
+
+
+def test_env_tells_the_student_the_episode_horizon(fast):
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    assert env.unwrapped.student.horizon == 60  # the budget
+    fast["max_steps"] = 2
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    assert env.unwrapped.student.horizon == 40  # two full steps cannot spend more
+
+
 def test_decontamination_and_dedup_counted(fast):
     env = gym.make("teachgym/SkillList-v0", **fast)
     env.reset(seed=0)
     core = env.unwrapped
     val = core.task.problems("val")[0]
-    from teachgym.types import Example, Provenance
 
     src = Provenance(generator="test")
     examples = [
@@ -165,14 +290,15 @@ def test_decontamination_and_dedup_counted(fast):
         Example(prompt="11+11=", completion="22", skill="add/no_carry", source=src),
         Example(prompt="1/1=", completion="1", skill="add/no_carry", source=src),
         Example(prompt="1+1=", completion="2", skill="div/x", source=src),
+        Example(prompt="12+12=", completion="24", skill="add/no_carry", source=src),
+        Example(prompt="13+13=", completion="26", skill="add/no_carry", source=src),
     ]
-    accepted, rejected = core._filter(examples, set(core.tree.nodes), cap=4)
-    assert [e.prompt for e in accepted] == ["11+11="]
-    assert dict(rejected) == {
-        "contaminated": 1,
-        "duplicate": 1,
-        "bad_characters": 1,
-        "over_budget": 1,
+    accepted, rejected = core._filter(examples, set(core.tree.nodes), cap=2)
+    assert [e.prompt for e in accepted] == ["11+11=", "12+12="]
+    assert val.skill == "add/no_carry"
+    assert {k: dict(v) for k, v in rejected.items()} == {
+        "add/no_carry": {"contaminated": 1, "duplicate": 1, "bad_characters": 1, "over_budget": 1},
+        "div/x": {"unknown_skill": 1},
     }
 
 
@@ -198,21 +324,25 @@ def test_flat_wrapper_is_a_float32_box(fast):
     assert obs.dtype == np.float32 and obs.shape == (15,) and obs in env.observation_space
 
 
-def test_sb3_ppo_learns_on_flat_skill_list(fast):
-    sb3 = pytest.importorskip("stable_baselines3")
-    fast.update(budget=400, examples_per_step=10, max_steps=40)
+@pytest.mark.filterwarnings("ignore:We recommend you to use a symmetric")
+def test_flat_skill_list_passes_sb3_check_env_and_rolls_out(fast):
+    # SB3's own checker: spaces it can learn on, observations inside them, reset/step types.
+    env_checker = pytest.importorskip("stable_baselines3.common.env_checker")
     env = FlatSkillList(gym.make("teachgym/SkillList-v0", **fast))
-    model = sb3.PPO(
-        "MlpPolicy", env, n_steps=16, batch_size=8, n_epochs=1, seed=0, verbose=0, device="cpu"
-    )
-    before = [p.detach().clone() for p in model.policy.parameters()]
-    model.learn(total_timesteps=48)
-    assert model.num_timesteps >= 48
-    after = list(model.policy.parameters())
-    changed = any(not (a == b.detach()).all() for a, b in zip(before, after, strict=True))
-    assert changed, "PPO's policy did not update"
-    action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
-    assert action.shape == (7,)
+    env_checker.check_env(env, warn=True)
+    # A rollout with random actions: every observation in the space, every reward finite,
+    # and the episode ends by spending the budget.
+    obs, _ = env.reset(seed=1)
+    env.action_space.seed(1)
+    rewards, done = [], False
+    while not done:
+        assert obs in env.observation_space
+        obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        rewards.append(reward)
+        done = terminated or truncated
+    assert obs in env.observation_space and terminated
+    assert len(rewards) >= 3 and np.isfinite(rewards).all()
+    assert obs[-1] == 0.0  # budget_left / budget
 
 
 def test_accumulate_mode_retrains_on_all_data(fast):

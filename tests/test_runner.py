@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 
+from teachgym import registry
 from teachgym.config import ConfigError, default_config_path, load_config
 from teachgym.experiments.cli import main
 from teachgym.experiments.runner import EpisodeRunner, RunError, read_jsonl
+from teachgym.runtime import default_threads
 
 SMOKE = Path(default_config_path()).with_name("smoke.yaml")
 
@@ -47,8 +51,10 @@ def test_run_directory_has_every_artifact(tmp_path):
         "wall_seconds",
     ):
         assert key in saved
-    assert saved["steps"] == 6 and saved["examples_used"] <= 600
-    assert len(read_jsonl(out / "timings.jsonl")) == 6
+    assert saved["steps"] == len(steps) - 1 and saved["examples_used"] == 600  # the budget
+    assert [t["step"] for t in read_jsonl(out / "timings.jsonl")] == list(range(1, len(steps)))
+    recorded = load_config(out / "config.yaml")
+    assert recorded.threads == default_threads()  # the resolved count is part of the record
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
@@ -108,7 +114,7 @@ def test_resume_drops_rows_newer_than_the_checkpoint(tmp_path):
     with (out / "steps.jsonl").open("a") as f:
         f.write('{"step": 4, "val_accuracy": 0.5}\n{"step": 5, "val_acc')
     summary = EpisodeRunner.from_run_dir(out).run()
-    assert summary is not None and summary["steps"] == 6
+    assert summary is not None
     assert (out / "steps.jsonl").read_bytes() == (whole / "steps.jsonl").read_bytes()
 
 
@@ -209,18 +215,52 @@ def test_cli_run_with_user_teacher_by_import_path(tmp_path, capsys):
         (["run", "budgett=3"], "unknown config key 'budgett'"),
         (["run", "budget=-5"], "budget"),
         (["run", "teacher=nobody"], "unknown teacher 'nobody'"),
+        (["run", "teacher=curriculum", "teacher_kwargs.gate=2"], "gate must be <= 1.0"),
+        (["run", "teacher_kwargs.gatee=0.3"], "unexpected keyword argument 'gatee'"),
+        (["run", "teacher=no_such_module:T"], "No module named 'no_such_module'"),
         (["run", "missing.yaml"], "does not exist"),
-        (["run", "seed"], None),
+        (["run", "SMOKE", "seed"], "unexpected argument 'seed'"),
+        (["run", "--resume", "nowhere"], "no config.yaml"),
         (["compare", "--teachers", "uniform,nobody", "--seeds", "1"], "unknown teacher"),
     ],
 )
-def test_cli_errors_are_clear(argv, message, capsys, tmp_path):
-    if argv == ["run", "seed"]:
-        argv = ["run", str(SMOKE), "seed"]
-        message = "unexpected argument 'seed'"
-    code = main([*argv, "--out", str(tmp_path / "x")])
+def test_a_user_mistake_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
+    argv = [str(SMOKE) if a == "SMOKE" else a for a in argv]
+    if "--resume" not in argv:
+        argv += ["--out", str(tmp_path / "x")]
+    code = main(argv)
+    err = capsys.readouterr().err
     assert code == 2
-    assert message in capsys.readouterr().out.replace("\n", " ")
+    assert err.count("\n") == 1 and err.startswith("teachgym: error:") and message in err
+    assert "Traceback" not in err
+
+
+class _Broken:
+    """A teacher with a bug: a ValueError from deep inside a run is not a user's mistake."""
+
+    def __init__(self, env, seed=0):
+        self.env = env
+
+    def act(self, observation, info):
+        return float("nan") * observation["accuracy"]  # NaN weights: the env raises ValueError
+
+    def update(self, *args):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_failure_inside_a_run_shows_its_traceback_and_exit_code_1(capsys, tmp_path):
+    registry.register("teacher", "broken_for_test", _Broken)
+    code = main(["run", str(SMOKE), "teacher=broken_for_test", "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and "ValueError" in err
+    assert "must be finite" in err
 
 
 def test_config_overrides_nested_keys():
@@ -252,10 +292,194 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
         _run(tmp_path, "nowb", wandb=True)
 
 
-def test_wandb_run_is_closed_when_a_slice_stops_early(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+def _spy_on_wandb(monkeypatch) -> list:
+    from teachgym.experiments import tracking
+
+    made: list = []
+    real_init = tracking.WandbTracker.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(tracking.WandbTracker, "__init__", init)
+    return made
+
+
+def test_wandb_run_is_finished_when_a_slice_stops_early(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    made = _spy_on_wandb(monkeypatch)
     out = tmp_path / "slice"
     assert EpisodeRunner(load_config(SMOKE, {"wandb": True}), out).run(max_new_steps=2) is None
+    assert len(made) == 1 and made[0].run._is_finished and wandb.run is None
     summary = EpisodeRunner.from_run_dir(out).run()
-    assert summary is not None and summary["steps"] == 6
+    assert summary is not None
+    assert len(made) == 2 and made[1].run._is_finished and wandb.run is None
+    # Both sessions wrote to the same wandb run (its id comes from the run directory).
+    assert made[0].run.id == made[1].run.id
+
+
+def test_wandb_run_is_finished_when_the_run_fails(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    made = _spy_on_wandb(monkeypatch)
+    registry.register("teacher", "broken_for_test", _Broken)
+    config = load_config(SMOKE, {"wandb": True, "teacher": "broken_for_test"})
+    with pytest.raises(ValueError, match="finite"):
+        EpisodeRunner(config, tmp_path / "fail").run()
+    assert len(made) == 1 and made[0].run._is_finished and wandb.run is None
+
+
+# -- resume from every state a crash inside a checkpoint swap can leave --------------
+def _partial_run(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An uninterrupted run, and a run cut at step 4 with step 3's checkpoint kept aside."""
+    whole, _ = _run(tmp_path, "whole")
+    out = tmp_path / "cut"
+    assert EpisodeRunner(load_config(SMOKE), out).run(max_new_steps=3) is None
+    step3 = tmp_path / "step3"
+    shutil.copytree(out / "checkpoint", step3)
+    assert EpisodeRunner.from_run_dir(out).run(max_new_steps=1) is None
+    return whole, out, step3
+
+
+def _torn(path: Path) -> None:
+    """A checkpoint directory whose write was cut short (no COMPLETE marker)."""
+    path.mkdir()
+    (path / "state.json").write_text('{"env": {"ste')
+
+
+CRASH_STATES = {
+    # Checkpointer.save: tmp written -> current renamed to old -> tmp renamed -> old removed.
+    "tmp_torn": lambda out, step3: _torn(out / "checkpoint.tmp"),
+    "tmp_complete_not_swapped": lambda out, step3: (
+        (out / "checkpoint").rename(out / "checkpoint.tmp"),
+        shutil.copytree(step3, out / "checkpoint"),
+    ),
+    "between_the_renames": lambda out, step3: (
+        (out / "checkpoint").rename(out / "checkpoint.tmp"),
+        shutil.copytree(step3, out / "checkpoint.old"),
+    ),
+    "old_not_removed": lambda out, step3: shutil.copytree(step3, out / "checkpoint.old"),
+    "only_old_and_a_torn_tmp": lambda out, step3: (
+        shutil.rmtree(out / "checkpoint"),
+        shutil.copytree(step3, out / "checkpoint.old"),
+        _torn(out / "checkpoint.tmp"),
+    ),
+}
+
+
+@pytest.mark.parametrize("state", sorted(CRASH_STATES))
+def test_resume_uses_the_newest_complete_checkpoint(state, tmp_path):
+    whole, out, step3 = _partial_run(tmp_path)
+    CRASH_STATES[state](out, step3)
+    summary = EpisodeRunner.from_run_dir(out).run()
+    assert summary is not None
+    assert (out / "steps.jsonl").read_bytes() == (whole / "steps.jsonl").read_bytes()
+    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint"]
+    # One timing row per step, none repeated by the replay.
+    steps = [t["step"] for t in read_jsonl(out / "timings.jsonl")]
+    assert steps == list(range(1, summary["steps"] + 1))
+
+
+def test_wall_seconds_counts_every_session(tmp_path):
+    out = tmp_path / "sliced"
+    assert EpisodeRunner(load_config(SMOKE), out).run(max_new_steps=3) is None
+    first = json.loads((out / "checkpoint" / "state.json").read_text())["elapsed"]
+    summary = EpisodeRunner.from_run_dir(out).run()
+    assert summary is not None
+    later_steps = sum(t["total"] for t in read_jsonl(out / "timings.jsonl") if t["step"] > 3)
+    assert summary["wall_seconds"] >= first + later_steps
+
+
+class _GlobalDrawTeacher:
+    """A user teacher that draws from the global generators while it is built."""
+
+    def __init__(self, env, seed=0):
+        import random
+
+        import numpy as np
+        import torch
+
+        self.draws = [random.random(), float(np.random.rand()), float(torch.rand(1))]
+
+    def act(self, observation, info):
+        return [1.0] * len(observation["accuracy"])
+
+    def update(self, *args):
+        pass
+
+    def state_dict(self):
+        return {"draws": self.draws}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_global_generators_are_seeded_before_components_are_built(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    registry.register("teacher", "global_draws_for_test", _GlobalDrawTeacher)
+    draws = []
+    for name in ("a", "b"):
+        random.seed(99), np.random.seed(99), torch.manual_seed(99)  # whatever came before
+        out = tmp_path / name
+        config = load_config(SMOKE, {"teacher": "global_draws_for_test", "seed": 3})
+        EpisodeRunner(config, out).run(max_new_steps=0)
+        state = json.loads((out / "checkpoint" / "state.json").read_text())
+        draws.append(state["teacher"]["draws"])
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    assert draws[0] == draws[1] == [random.random(), float(np.random.rand()), float(torch.rand(1))]
+
+
+def test_resume_with_another_thread_count_warns(tmp_path):
+    out = tmp_path / "t"
+    config = load_config(SMOKE, {"threads": 1})
+    assert EpisodeRunner(config, out).run(max_new_steps=2) is None
+    with pytest.warns(UserWarning, match="threads 1 -> 2"):
+        EpisodeRunner.from_run_dir(out, threads=2).run(max_new_steps=1)
+    # The recorded count is used when none is given, silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EpisodeRunner.from_run_dir(out).run(max_new_steps=1)
+
+
+def test_compare_refuses_an_episode_of_another_config(tmp_path, capsys):
+    args = ["compare", str(SMOKE), "budget=200", "--teachers", "uniform", "--seeds", "1"]
+    out = ["--out", str(tmp_path / "cmp")]
+    assert main([*args, *out]) == 0
+    capsys.readouterr()
+    changed = ["compare", str(SMOKE), "budget=300", "--teachers", "uniform", "--seeds", "1"]
+    assert main([*changed, *out]) == 2
+    err = capsys.readouterr().err
+    assert "holds an episode of another config (budget: 200 -> 300)" in err
+    # The finished episode is still there, untouched.
+    summary = json.loads((tmp_path / "cmp" / "uniform" / "seed_0" / "summary.json").read_text())
+    assert summary["examples_used"] == 200
+
+
+def test_compare_refuses_a_half_done_episode_of_another_config(tmp_path):
+    from teachgym.experiments.compare import compare_teachers
+
+    config = load_config(SMOKE, {"teacher": "uniform"})
+    run_dir = tmp_path / "cmp" / "uniform" / "seed_0"
+    assert EpisodeRunner(config, run_dir).run(max_new_steps=2) is None
+    with pytest.raises(RunError, match=r"max_steps: 10 -> 11"):
+        compare_teachers(
+            config.model_copy(update={"max_steps": 11}), ["uniform"], 1, tmp_path / "cmp"
+        )
+
+
+def test_import_teachgym_does_not_import_torch():
+    code = (
+        "import sys, teachgym, teachgym.envs, teachgym.agents, teachgym.experiments.stats\n"
+        "import gymnasium as gym\n"
+        "assert 'teachgym/SkillList-v0' in gym.registry\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ import torch
 from teachgym.envs.tasks.arithmetic import ArithmeticTask
 from teachgym.students import HFStudent, Student, build_char_tokenizer, make_tiny_student
 from teachgym.students.tokenizer import check_covered
-from teachgym.types import Example, Provenance
+from teachgym.types import Example, Problem, Provenance
 
 TASK = ArithmeticTask(skills=["add/no_carry", "cmp/3d"], val_per_skill=8, test_per_skill=8)
 SMALL = {"hidden_size": 32, "layers": 1, "heads": 2, "batch_size": 16}
@@ -42,24 +42,96 @@ def test_protocol_and_same_seed_same_weights_and_predictions():
     assert a.predict(problems) == b.predict(problems)
 
 
-def test_loss_is_on_completion_tokens_only():
+@pytest.mark.parametrize("packed", [False, True])
+def test_labels_put_the_loss_on_completion_tokens_only(packed):
     student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
-    ex = _examples(2)[:1]
-    ((ids, start),) = student._encode_examples(ex)
-    assert start == len(ex[0].prompt)
-    assert ids[start:] == student.tokenizer(ex[0].completion, add_special_tokens=False)[
-        "input_ids"
-    ] + [student.tokenizer.eos_token_id]
-    # Training on one example many times: the model learns its completion,
-    # which it could only do if the completion tokens carry the loss.
-    student = make_tiny_student(TASK.alphabet, seed=0, lr=3e-3, epochs=150, **SMALL)
-    metrics = student.train(ex)
-    assert metrics["steps"] == 150 and metrics["tokens"] == 150 * len(ids)
-    assert (
-        student.predict([TASK.sample("add/no_carry", 1, np.random.default_rng(0))[0]])
-        == [ex[0].completion]
-        or metrics["loss"] < 1.0
+    examples = _examples(6)
+    encoded = student._encode_examples(examples)
+    batch = student.batch_tensors(encoded, packed=packed)
+    ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    eos = student.tokenizer.eos_token_id
+    if packed:
+        assert len(ids) < len(examples)  # several examples share a row
+    # Walk the rows and find every example in order: its prompt positions are
+    # -100, its completion and eos positions carry the token ids, padding is -100.
+    found = []
+    for row_ids, row_labels in zip(ids, labels, strict=True):
+        pos = 0
+        while pos < len(row_ids) and row_ids[pos] != student.tokenizer.pad_token_id:
+            full, start = encoded[len(found)]
+            assert row_ids[pos : pos + len(full)] == full
+            assert row_labels[pos : pos + start] == [-100] * start
+            assert row_labels[pos + start : pos + len(full)] == full[start:]
+            assert full[-1] == eos
+            found.append(full)
+            pos += len(full)
+            if not packed:
+                break
+        assert all(label == -100 for label in row_labels[pos:])
+    assert len(found) == len(examples)
+
+
+def test_packed_rows_see_only_their_own_example():
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
+    encoded = student._encode_examples(_examples(6))
+    batch = student.batch_tensors(encoded, packed=True)
+    mask = batch["attention_mask"][0, 0]  # row 0: additive mask, 0 = may attend
+    first, second = len(encoded[0][0]), len(encoded[1][0])
+    allowed = mask == 0
+    assert allowed[first, first] and not allowed[first, first - 1]  # 2nd example: no look back
+    assert allowed[first + 1, first] and not allowed[first, first + 1]  # causal inside
+    assert batch["position_ids"][0, first : first + second].tolist() == list(range(second))
+    # The loss of a packed batch is the loss of the same examples padded one per row.
+    student.model.eval()
+    with torch.no_grad():
+        padded = student._loss(student.batch_tensors(encoded, packed=False))
+        packed = student._loss(batch)
+    assert float(packed) == pytest.approx(float(padded), rel=1e-5)
+
+
+def test_training_on_one_example_learns_its_completion():
+    student = make_tiny_student(
+        TASK.alphabet, seed=0, lr=3e-3, epochs=150, warmup_steps=10, **SMALL
     )
+    ex = _examples(2)[:1]
+    metrics = student.train(ex)
+    assert metrics["steps"] == 150
+    problem = Problem(id="p", skill=ex[0].skill, prompt=ex[0].prompt, answer=ex[0].completion)
+    assert student.predict([problem]) == [ex[0].completion]
+
+
+def test_the_learning_rate_cools_down_to_zero_over_the_horizon():
+    student = make_tiny_student(TASK.alphabet, seed=0, warmup_steps=2, cooldown=0.5, **SMALL)
+    student.set_horizon(64)  # 4 steps of 16
+    rates = []
+    original = student._lr_at
+
+    def spy(step, progress=None):
+        rates.append(original(step, progress))
+        return rates[-1]
+
+    student._lr_at = spy
+    student.train(_examples(32))
+    student.train(_examples(32, seed=1))
+    peak = original(3)  # what the rate would be without a horizon
+    # Full rate in the first half of the horizon, then a linear fall towards 0.
+    assert rates[:2] == [original(0), original(1)]
+    assert rates[2] == pytest.approx(original(2) * 1.0)
+    assert rates[3] == pytest.approx(peak * 0.5)
+    assert original(4, progress=1.0) == 0.0
+    # Without a horizon nothing cools down.
+    student.set_horizon(None)
+    assert original(10, progress=None) == original(10)
+
+
+def test_building_a_student_leaves_torch_threads_alone():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        make_tiny_student(TASK.alphabet, **SMALL)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_greedy_decoding_matches_transformers_generate():
@@ -115,7 +187,7 @@ def test_accumulate_retrains_from_base_on_all_data():
 def test_bad_arguments_are_clear(tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         make_tiny_student(TASK.alphabet, mode="online")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         make_tiny_student(TASK.alphabet, batch_size=0)
     student = make_tiny_student(TASK.alphabet, **SMALL)
     student.save(tmp_path / "c")

@@ -49,6 +49,17 @@ def test_example_id_is_derived_from_content():
     assert a.id == b.id != c.id and len(a.id) == 16
 
 
+def test_allocation_clamped_keeps_proportions_with_exact_integers():
+    alloc = Allocation(counts={"a": 3 * 10**40, "b": 10**40, "c": 0})
+    assert alloc.clamped(100).counts == {"a": 75, "b": 25, "c": 0}
+    assert alloc.clamped(7).total == 7
+    small = Allocation(counts={"a": 2, "b": 1})
+    assert small.clamped(3) is small and small.clamped(1000) is small
+    assert Allocation(counts={"a": 5, "b": 5}).clamped(0).counts == {"a": 0, "b": 0}
+    with pytest.raises(ValueError, match="cap must be >= 0"):
+        small.clamped(-1)
+
+
 def test_allocation_from_weights_sums_exactly():
     alloc = Allocation.from_weights(["a", "b", "c"], [1, 1, 1], 100)
     assert alloc.total == 100 and sorted(alloc.counts.values()) == [33, 33, 34]

@@ -20,7 +20,8 @@ class GenerationContext:
     ``rng`` is derived from the episode seed and the step number, so the same
     plan at the same step always yields the same data (and a resumed run
     regenerates exactly what the interrupted one would have).
-    ``max_examples`` is a hard cap: examples beyond it are dropped by the env.
+    ``max_examples`` is the most examples the step can use; a generator makes
+    no more than that (see :class:`Generator`).
     """
 
     step: int
@@ -40,6 +41,13 @@ class Generator(Protocol):
     generator itself discarded (unparseable output, failed verification, ...).
     A generator must not raise for a bad plan it can partly serve; it reports
     what it could not make under ``rejected`` so the loop keeps going.
+
+    ``generate`` honours ``context.max_examples``: it returns at most that
+    many examples, and does no more work than that number calls for, whatever
+    the plan asks. The env clamps count plans (``Allocation``) before calling,
+    but a free-text plan is read only by the generator, so only the generator
+    can bound it. (Examples past the cap would be dropped by the env as
+    ``over_budget`` anyway; the rule is about not making them.)
     """
 
     name: str

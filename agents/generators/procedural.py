@@ -60,7 +60,7 @@ class ProceduralGenerator:
     A skill the task cannot sample (for example a subskill that a SkillTree
     teacher invented) is served from its nearest ancestor that the task knows,
     labelled with the requested skill; with no such ancestor its examples are
-    counted under ``rejected["no_procedure"]``.
+    counted under ``rejected["no_procedure"]`` (see :meth:`_sources`).
     """
 
     name = "procedural"
@@ -74,24 +74,44 @@ class ProceduralGenerator:
         self.task = task
         self.seed = seed
 
-    def _source_skill(self, skill: str, known: Sequence[str]) -> str | None:
-        node = skill
+    def _sources(self, skill: str, known: Sequence[str]) -> tuple[list[str], bool]:
+        """The task skills that serve ``skill``, and whether examples keep ``skill`` as label.
+
+        A known leaf serves itself. An inner node of the task's tree (``add``)
+        is spread over the leaves below it, each example labelled with its own
+        leaf. A skill the task does not know (``add/carry/three_carries``,
+        invented by a SkillTree teacher) is served by its nearest ancestor
+        that has a procedure, a leaf or an inner node, and keeps the requested
+        label, so the student's data for the new subskill is counted under it.
+        """
+        if skill in known:
+            return [skill], True
+        below = [k for k in known if k.startswith(skill + "/")]
+        if below:
+            return below, False
+        node = skill.rpartition("/")[0]
         while node:
             if node in known:
-                return node
+                return [node], True
+            below = [k for k in known if k.startswith(node + "/")]
+            if below:
+                return below, True
             node = node.rpartition("/")[0]
-        return None
+        return [], True
 
     def plan_counts(self, plan: Plan, context: GenerationContext) -> tuple[dict[str, int], int]:
-        """The per-skill counts a plan asks for, and how many plans were unreadable."""
+        """The per-skill counts to make, clamped to ``context.max_examples`` with their
+        proportions kept, and how many plans were unreadable."""
         if isinstance(plan, Allocation):
-            return dict(plan.counts), 0
-        if isinstance(plan, TreeAction):
-            return dict(plan.allocation), 0
-        if isinstance(plan, TextPlan):
+            alloc, unreadable = plan, 0
+        elif isinstance(plan, TreeAction):
+            alloc, unreadable = Allocation(counts=dict(plan.allocation)), 0
+        elif isinstance(plan, TextPlan):
             alloc = parse_text_plan(plan.text, list(context.skills))
-            return dict(alloc.counts), int(alloc.total == 0)
-        raise TypeError(f"unsupported plan type {type(plan).__name__}")
+            unreadable = int(alloc.total == 0)
+        else:
+            raise TypeError(f"unsupported plan type {type(plan).__name__}")
+        return dict(alloc.clamped(max(0, context.max_examples)).counts), unreadable
 
     def _distinct(
         self, skill: str, n: int, context: GenerationContext, rejected: Counter[str]
@@ -100,9 +120,10 @@ class ProceduralGenerator:
 
         The env drops repeated prompts within a step, so asking a small problem
         space (720 prompts for 2-digit x 1-digit) for more than it holds would
-        only burn budget. Drawing distinct prompts here, and stopping when the
-        space is exhausted, means the teacher is charged only for real data;
-        the shortfall is reported as ``rejected["space_exhausted"]``.
+        only waste the step. Drawing distinct prompts here, and stopping when
+        the space is exhausted, keeps a step's examples distinct; the shortfall
+        is reported as ``rejected["space_exhausted"]`` (and, like every
+        rejection, costs the teacher nothing).
         """
         out: list[Problem] = []
         seen: set[str] = set()
@@ -132,26 +153,19 @@ class ProceduralGenerator:
         for skill, n in counts.items():
             if n <= 0:
                 continue
-            base = self._source_skill(skill, known)
-            if base is None:
-                leaves = [k for k in known if k.startswith(skill + "/")]
-                if not leaves:
-                    rejected["no_procedure"] += n
-                    continue
-                # An inner node: spread its examples over the leaves below it.
-                problems = []
-                for i, leaf in enumerate(leaves):
-                    share = n // len(leaves) + (i < n % len(leaves))
-                    problems.extend(self._distinct(leaf, share, context, rejected))
-            else:
-                problems = self._distinct(base, n, context, rejected)
-            out.extend(
-                Example(
-                    prompt=p.prompt,
-                    completion=p.answer,
-                    skill=skill if base else p.skill,
-                    source=source,
+            sources, keep_label = self._sources(skill, known)
+            if not sources:
+                rejected["no_procedure"] += n
+                continue
+            for i, leaf in enumerate(sources):
+                share = n // len(sources) + (i < n % len(sources))
+                out.extend(
+                    Example(
+                        prompt=p.prompt,
+                        completion=p.answer,
+                        skill=skill if keep_label else p.skill,
+                        source=source,
+                    )
+                    for p in self._distinct(leaf, share, context, rejected)
                 )
-                for p in problems
-            )
         return out, dict(rejected)

@@ -1,0 +1,165 @@
+"""The one episode loop: ``run_episode(env, teacher, callbacks)``.
+
+Everything that runs an episode (``teachgym run``, ``teachgym compare``, a Ray
+Tune trial, the tests) goes through this function, and it uses nothing but the
+gymnasium API and the teacher protocol, so any env that behaves like a
+gymnasium env and any object with ``act``/``update`` can be driven by it. What
+a run *records* (the run directory, checkpoints, a progress bar, wandb) is a
+:class:`Callback`, so the loop stays the same whether an episode writes to a
+laptop's disk or reports to Ray Tune.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One ``act -> step -> update`` round, as the callbacks see it."""
+
+    action: Any
+    observation: Any
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
+    seconds: float  # wall time of the round (act + step + update)
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+@dataclass(frozen=True)
+class EpisodeState:
+    """Where a resumed episode stands: the observation and info the teacher saw last."""
+
+    observation: Any
+    info: dict[str, Any]
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """What :func:`run_episode` returns: whether the episode ended, and its last state."""
+
+    finished: bool
+    steps_taken: int
+    observation: Any
+    info: dict[str, Any]
+
+
+class Callback:
+    """Hooks called by :func:`run_episode`; override the ones you need.
+
+    The order within one episode is ``on_start`` (fresh episode, after
+    ``reset``) or ``on_resume`` (continuing from saved state), then
+    ``on_step`` after every round, then exactly one of ``on_end`` (the episode
+    terminated or was truncated), ``on_pause`` (``max_new_steps`` reached; the
+    episode can be resumed) or ``on_error`` (an exception escaped; it is
+    re-raised after the callbacks ran).
+    """
+
+    def on_start(self, env: Any, teacher: Any, observation: Any, info: dict[str, Any]) -> None:
+        """A fresh episode: ``observation``/``info`` come from ``env.reset``."""
+
+    def on_resume(self, env: Any, teacher: Any, state: EpisodeState) -> None:
+        """An episode continued from saved state."""
+
+    def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
+        """After ``teacher.update`` of one round."""
+
+    def on_end(self, env: Any, teacher: Any) -> None:
+        """The episode is over (terminated or truncated)."""
+
+    def on_pause(self, env: Any, teacher: Any) -> None:
+        """Stopped after ``max_new_steps`` rounds; resumable."""
+
+    def on_error(self, env: Any, teacher: Any, error: BaseException) -> None:
+        """An exception (or Ctrl-C) is about to leave the loop."""
+
+
+def run_episode(
+    env: Any,
+    teacher: Any,
+    callbacks: Sequence[Callback] = (),
+    *,
+    seed: int | None = None,
+    resume: EpisodeState | None = None,
+    max_new_steps: int | None = None,
+) -> EpisodeResult:
+    """Run (or continue) one episode of ``teacher`` on ``env``.
+
+    Args:
+        env: a gymnasium env (wrapped or not).
+        teacher: an object with ``act(obs, info)`` and
+            ``update(obs, reward, terminated, truncated, info)``.
+        callbacks: see :class:`Callback`; called in order.
+        seed: passed to ``env.reset`` for a fresh episode.
+        resume: continue from this state instead of calling ``reset`` (the
+            env and teacher must already hold the matching state).
+        max_new_steps: stop after this many rounds with the episode left
+            resumable (a time-boxed job does a slice, a later one resumes).
+
+    Example (with a stand-in env, to show the protocol):
+
+    >>> class Countdown:
+    ...     def reset(self, seed=None): return 2, {}
+    ...     def step(self, action):
+    ...         return action - 1, 1.0, action - 1 == 0, False, {}
+    >>> class Echo:
+    ...     def act(self, obs, info): return obs
+    ...     def update(self, *args): pass
+    >>> result = run_episode(Countdown(), Echo())
+    >>> result.finished, result.steps_taken, result.observation
+    (True, 2, 0)
+    """
+    if max_new_steps is not None and max_new_steps < 0:
+        raise ValueError(f"max_new_steps must be >= 0, got {max_new_steps}")
+    try:
+        if resume is None:
+            observation, info = env.reset(seed=seed)
+            done = False
+            for cb in callbacks:
+                cb.on_start(env, teacher, observation, info)
+        else:
+            observation, info, done = resume.observation, resume.info, resume.done
+            for cb in callbacks:
+                cb.on_resume(env, teacher, resume)
+        taken = 0
+        while not done:
+            if max_new_steps is not None and taken >= max_new_steps:
+                for cb in callbacks:
+                    cb.on_pause(env, teacher)
+                return EpisodeResult(False, taken, observation, info)
+            t0 = time.perf_counter()
+            action = teacher.act(observation, info)
+            observation, reward, terminated, truncated, info = env.step(action)
+            teacher.update(observation, float(reward), terminated, truncated, info)
+            transition = Transition(
+                action=action,
+                observation=observation,
+                reward=float(reward),
+                terminated=bool(terminated),
+                truncated=bool(truncated),
+                info=info,
+                seconds=time.perf_counter() - t0,
+            )
+            taken += 1
+            done = transition.done
+            for cb in callbacks:
+                cb.on_step(env, teacher, transition)
+        for cb in callbacks:
+            cb.on_end(env, teacher)
+        return EpisodeResult(True, taken, observation, info)
+    except BaseException as err:
+        for cb in callbacks:
+            # A failing cleanup must not hide the error that ended the episode.
+            with contextlib.suppress(Exception):
+                cb.on_error(env, teacher, err)
+        raise
