@@ -166,9 +166,10 @@ class TeacherEnv(gym.Env):
         told the cap (``GenerationContext.max_examples``), so no plan can make
         it produce more. Examples the filter drops (duplicates, evaluation
         items, bad characters) and shortfalls the generator reports cost
-        nothing; ``info["examples_by_skill"]`` shows, per skill, what was made,
-        accepted and rejected and why, so a teacher sees exactly what it paid
-        for.
+        nothing, and a count plan's dropped examples are made again (see
+        :meth:`_generate`); ``info["examples_by_skill"]`` shows, per skill,
+        what was made, accepted and rejected and why, so a teacher sees exactly
+        what it paid for.
         """
         if not self._started:
             raise RuntimeError("call reset() before step()")
@@ -182,19 +183,8 @@ class TeacherEnv(gym.Env):
 
         t0 = time.perf_counter()
         plan_skills = self._plan_skills(plan)
-        context = GenerationContext(
-            step=self._step_count,
-            rng=np.random.default_rng([self._episode_seed, self._step_count]),
-            max_examples=cap,
-            skills=plan_skills,
-            task=self.task,
-            report=self._report,
-        )
-        examples, gen_rejected = self.generator.generate(plan, context)
-        accepted, rejected_by_skill = self._filter(
-            examples, set(self.tree.nodes) | set(plan_skills), cap
-        )
-        rejected: Counter[str] = Counter(dict(gen_rejected))
+        examples, accepted, rejected_by_skill, gen_rejected = self._generate(plan, plan_skills, cap)
+        rejected: Counter[str] = Counter(gen_rejected)
         for counts in rejected_by_skill.values():
             rejected.update(counts)
         timings["generate"] = time.perf_counter() - t0
@@ -237,6 +227,61 @@ class TeacherEnv(gym.Env):
             info["test_accuracy"] = test_report.accuracy
             info["test_report"] = _report_dict(test_report)
         return self._observation(), float(reward), terminated, truncated, info
+
+    #: Generation rounds per step at most: later rounds ask only for what the
+    #: filter dropped, so a step trains on what the plan asked for.
+    max_generation_rounds = 8
+
+    def _generate(
+        self, plan: Plan, plan_skills: Sequence[str], cap: int
+    ) -> tuple[list[Example], list[Example], dict[str, Counter[str]], Counter[str]]:
+        """Make and filter a step's data: (made, accepted, rejected per skill, generator's).
+
+        For a count plan (``Allocation``) the env knows what each skill asked
+        for, so after the first round it asks the generator again for each
+        skill's shortfall (what the filter dropped: duplicates, evaluation
+        items), until the plan is met, a round adds nothing, or
+        :attr:`max_generation_rounds` have run. Without this, a plan would get
+        fewer examples than it asked for, and the budget, which counts
+        accepted examples, would end in a tail of ever smaller steps. A text
+        plan is read by the generator alone, so it gets one round.
+        """
+        rng = np.random.default_rng([self._episode_seed, self._step_count])
+        nodes = set(self.tree.nodes) | set(plan_skills)
+        made: list[Example] = []
+        accepted: list[Example] = []
+        rejected: dict[str, Counter[str]] = {}
+        gen_rejected: Counter[str] = Counter()
+        taken: set[str] = set()
+        round_plan: Plan = plan
+        for round_index in range(self.max_generation_rounds):
+            want = cap - len(accepted)
+            if isinstance(plan, Allocation):
+                got = Counter(e.skill for e in accepted)
+                short = {k: max(0, n - got[k]) for k, n in plan.counts.items()}
+                round_plan = Allocation(counts=short).clamped(plan.total - len(accepted))
+                want = min(want, round_plan.total)
+            if want <= 0:
+                break
+            context = GenerationContext(
+                step=self._step_count,
+                rng=rng,
+                max_examples=want,
+                skills=plan_skills,
+                task=self.task,
+                report=self._report,
+                extra={"round": round_index},
+            )
+            new_made, new_gen_rejected = self.generator.generate(round_plan, context)
+            new, new_rejected = self._filter(new_made, nodes, want, taken)
+            made += new_made
+            accepted += new
+            gen_rejected.update(dict(new_gen_rejected))
+            for skill, counts in new_rejected.items():
+                rejected.setdefault(skill, Counter()).update(counts)
+            if not new or not isinstance(plan, Allocation):
+                break
+        return made, accepted, rejected, gen_rejected
 
     def evaluate(self, split: Split) -> tuple[EvalReport, list[Prediction]]:
         """Score the student on a split, per skill, with a bounded error sample."""

@@ -34,16 +34,22 @@ class ExampleFilter:
         self.seen: set[str] = set()
 
     def __call__(
-        self, examples: Sequence[Example], skills: Collection[str], cap: int
+        self,
+        examples: Sequence[Example],
+        skills: Collection[str],
+        cap: int,
+        batch: set[str] | None = None,
     ) -> tuple[list[Example], dict[str, Counter[str]]]:
         """Accepted examples (at most ``cap``) and, per skill, rejection counts by reason.
 
+        ``batch`` holds the normalized prompts already accepted in this step
+        (by an earlier generation round); accepted prompts are added to it.
         Does not mutate ``seen``; call :meth:`commit` once the step is kept, so
         a failure later in the step leaves the filter as it was.
         """
         rejected: dict[str, Counter[str]] = {}
         accepted: list[Example] = []
-        batch: set[str] = set()
+        batch = set() if batch is None else batch
         for ex in examples:
             if len(accepted) >= cap:
                 reason = "over_budget"

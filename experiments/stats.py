@@ -1,9 +1,10 @@
 """Small statistics for comparing teachers: AULC, 95% confidence intervals, leaderboards.
 
-Kept free of scipy and numpy on purpose: these functions run at the end of every run and of
-every ``teachgym compare``, so they should import instantly and give the same numbers
-everywhere. The inputs are a handful of seeds and a few hundred steps, so plain Python is fast
-enough.
+Plain Python (no numpy, no scipy) on purpose: the same inputs give the same numbers on every
+machine, and a script that only reads results (``leaderboard.json``, ``steps.jsonl``) needs
+nothing heavy: importing this module imports ``teachgym`` (gymnasium, numpy and pydantic, for
+the env registrations) but not torch. The inputs are a handful of seeds and a few hundred
+steps, so plain Python is fast enough.
 """
 
 from __future__ import annotations

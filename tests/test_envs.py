@@ -214,7 +214,8 @@ def test_huge_plans_are_clamped_before_generation(env_id, plan, fast):
     # The generator was never asked for the plan's count: at most the step cap
     # (20), and the few redraws distinct prompts need.
     assert 0 < task.sampled <= 4 * 20 + 64 * len(env.unwrapped.skills)
-    assert info["examples_made"] <= 20 and 0 < info["examples_accepted"] <= 20
+    assert info["examples_made"] <= 20 * env.unwrapped.max_generation_rounds
+    assert 0 < info["examples_accepted"] <= 20
     assert info["budget_left"] == 60 - info["examples_accepted"]
     if "requested" in info:
         assert sum(info["requested"].values()) == 20
@@ -246,27 +247,45 @@ def test_info_shows_per_skill_what_the_teacher_paid_for(fast):
     src = Provenance(generator="test")
 
     class Leaky:
-        """Half of its examples are validation items, which the filter drops."""
+        """In its first round, half of its examples are validation items."""
 
         name = "leaky"
 
         def generate(self, plan, context):
+            r = context.extra["round"]
             out = []
             for i, p in enumerate(val[: context.max_examples]):
-                prompt = p.prompt if i % 2 else f"{i + 10}+{i + 10}="
+                leak = r == 0 and i % 2
+                prompt = p.prompt if leak else f"{i + 10}+{100 * r + 10}="
                 out.append(Example(prompt=prompt, completion="2", skill=p.skill, source=src))
             return out, {"space_exhausted": 3}
 
     core.generator = Leaky()
     _, _, _, _, info = env.step(np.ones(7, dtype=np.float32))
     by_skill = info["examples_by_skill"]
-    assert sum(v["made"] for v in by_skill.values()) == info["examples_made"] == 20
-    assert sum(v["accepted"] for v in by_skill.values()) == info["examples_accepted"] == 10
+    # Round 1 made 20 and lost 10 to decontamination; round 2 made the 10 missing.
+    assert sum(v["made"] for v in by_skill.values()) == info["examples_made"] == 30
+    assert sum(v["accepted"] for v in by_skill.values()) == info["examples_accepted"] == 20
     assert sum(v["rejected"].get("contaminated", 0) for v in by_skill.values()) == 10
-    assert info["rejected"] == {"contaminated": 10, "space_exhausted": 3}
-    # Only the accepted half is charged.
-    assert info["budget_left"] == 60 - 10
-    assert sum(info["examples_used"].values()) == 10
+    assert info["rejected"] == {"contaminated": 10, "space_exhausted": 6}
+    # Only the accepted examples are charged.
+    assert info["budget_left"] == 60 - 20
+    assert sum(info["examples_used"].values()) == 20
+
+
+def test_a_text_plan_gets_one_generation_round(fast):
+    env = gym.make("teachgym/OpenEnded-v0", **fast)
+    env.reset(seed=0)
+    calls = []
+    real = env.unwrapped.generator.generate
+
+    def spy(plan, context):
+        calls.append(context.max_examples)
+        return real(plan, context)
+
+    env.unwrapped.generator.generate = spy
+    env.step("add/carry: 5")
+    assert calls == [20]
 
 
 def test_env_tells_the_student_the_episode_horizon(fast):

@@ -226,3 +226,16 @@ def test_parse_text_plan_ambiguous_tail_needs_full_path():
     skills = ["add/carry", "mul/carry", "sub/borrow"]
     assert parse_text_plan("carry: 5, sub/borrow 2", skills).counts == {"sub/borrow": 2}
     assert parse_text_plan("mul/carry=7", skills).counts == {"mul/carry": 7}
+
+
+@pytest.mark.parametrize(
+    ("skill", "size"),
+    [("add/no_carry", 1980), ("add/carry", 6120), ("sub/no_borrow", 2475), ("sub/borrow", 1620)],
+)
+def test_two_digit_problem_spaces_have_the_sizes_the_module_states(skill, size):
+    # Sampling 25x the space size misses a given prompt with probability e^-25: the
+    # distinct prompts seen are the whole space. The module docstring quotes these sizes.
+    rng = np.random.default_rng(0)
+    family = FAMILIES[skill]
+    seen = {family(rng)[0] for _ in range(25 * size)}
+    assert len(seen) == size

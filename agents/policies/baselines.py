@@ -54,10 +54,8 @@ class WeakestTeacher(SkillListTeacher):
     The share of skill k is proportional to ``(1 - acc_k + eps) ** power``,
     mixed with an even ``floor``: a fraction ``floor`` of every step's examples
     is spread over all skills. The floor is there because a student that gets
-    no data on a skill it has mastered forgets it (on arithmetic with a tiny
-    student, a weakest-first mix has been seen to lift the hardest skill while
-    the mastered ones slipped from ≥0.97 to ~0.9), so a purely greedy teacher trades one skill for
-    another. ``floor`` is a total, not a per-skill share, so the default means
+    no data on a skill it has mastered forgets it, so a purely greedy teacher
+    trades one skill for another. ``floor`` is a total, not a per-skill share, so the default means
     the same thing for 3 skills or 300.
 
     ``power`` sets how greedy the teacher is: 0 is uniform, 1 is proportional

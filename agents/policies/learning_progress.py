@@ -75,14 +75,12 @@ class LearningProgressTeacher(SkillListTeacher):
       drift to uniform and starve the weak skills. A pull towards low
       accuracy keeps feeding them. It is in the same unit as the slope: a
       skill at 0 accuracy scores like one improving by ``weakness`` per step.
-      The default 1.0 was chosen on the arithmetic env, measured when it had
-      64 validation problems per skill (128 now): there a slope over 4
-      evaluations is noisy (about ±0.05 per step), and with
-      ``weakness=0.1, temperature=0.05`` the teacher chased that noise (one
-      skill's early jump from learning the answer format took half the data)
-      and ended at 0.34 mean accuracy where uniform reached 0.79; with
-      ``weakness=1.0, temperature=0.25`` it reached 0.90 (seed 0, 180k
-      examples). Progress still decides between skills of similar accuracy.
+      A validation slope over a few evaluations is noisy, and a small
+      ``weakness`` with a low temperature lets the teacher chase that noise
+      (one skill's early jump, from learning the answer format, takes most
+      of the data); the default 1.0 keeps the pull towards weak skills
+      strong enough to ride it out. Progress still decides between skills
+      of similar accuracy.
     - optimism: a skill with fewer than 2 measured accuracies has no slope
       yet and is scored as the largest possible progress (1.0 per step), so
       every skill is tried before the teacher commits.
