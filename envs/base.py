@@ -270,6 +270,7 @@ class TeacherEnv(gym.Env):
                 skills=plan_skills,
                 task=self.task,
                 report=self._report,
+                exclude=self._filter.excluded(taken),
                 extra={"round": round_index},
             )
             new_made, new_gen_rejected = self.generator.generate(round_plan, context)

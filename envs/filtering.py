@@ -72,6 +72,11 @@ class ExampleFilter:
             rejected.setdefault(ex.skill, Counter())[reason] += 1
         return accepted, rejected
 
+    def excluded(self, batch: set[str]) -> frozenset[str]:
+        """Every normalized prompt that would be rejected as contaminated or a duplicate
+        now, given the prompts ``batch`` already accepted this step."""
+        return frozenset(self._eval | self.seen | batch)
+
     def commit(self, accepted: Iterable[Example]) -> None:
         if self.dedup == "episode":
             self.seen.update(normalize_prompt(e.prompt) for e in accepted)

@@ -239,3 +239,20 @@ def test_two_digit_problem_spaces_have_the_sizes_the_module_states(skill, size):
     family = FAMILIES[skill]
     seen = {family(rng)[0] for _ in range(25 * size)}
     assert len(seen) == size
+
+
+def test_procedural_generator_skips_excluded_prompts():
+    task = ArithmeticTask(skills=["sub/borrow"], val_per_skill=128, test_per_skill=128)
+    gen = ProceduralGenerator(task)
+    exclude = frozenset(normalize_prompt(p.prompt) for p in task.problems("val"))
+    context = GenerationContext(
+        step=0,
+        rng=np.random.default_rng(0),
+        max_examples=1000,
+        skills=task.leaf_skills,
+        task=task,
+        exclude=exclude,
+    )
+    examples, rejected = gen.generate(Allocation(counts={"sub/borrow": 1000}), context)
+    assert len(examples) == 1000 and not rejected
+    assert not {normalize_prompt(e.prompt) for e in examples} & exclude

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +30,11 @@ class GenerationContext:
     skills: Sequence[str]
     task: Any
     report: EvalReport | None = None
+    #: Normalized prompts (:func:`~teachgym.types.normalize_prompt`) the env
+    #: would reject: evaluation items, prompts already accepted this step (and
+    #: this episode, with ``dedup="episode"``). A generator that samples from
+    #: a pool can skip them instead of making examples that are thrown away.
+    exclude: Collection[str] = frozenset()
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -116,7 +116,7 @@ class ProceduralGenerator:
     def _distinct(
         self, skill: str, n: int, context: GenerationContext, rejected: Counter[str]
     ) -> list[Problem]:
-        """Up to ``n`` problems with distinct prompts.
+        """Up to ``n`` problems with distinct prompts, none in ``context.exclude``.
 
         The env drops repeated prompts within a step, so asking a small problem
         space (720 prompts for 2-digit x 1-digit) for more than it holds would
@@ -127,13 +127,14 @@ class ProceduralGenerator:
         """
         out: list[Problem] = []
         seen: set[str] = set()
+        exclude = context.exclude
         attempts = 0
         while len(out) < n and attempts < 4 * n + 64:
             batch = self.task.sample(skill, n - len(out), context.rng)
             attempts += len(batch)
             for p in batch:
                 key = normalize_prompt(p.prompt)
-                if key not in seen and len(out) < n:
+                if key not in seen and key not in exclude and len(out) < n:
                     seen.add(key)
                     out.append(p)
         if len(out) < n:
