@@ -71,6 +71,15 @@ class TeacherEnv(gym.Env):
         if cfg.threads is not None:
             set_torch_threads(cfg.threads)
         self.task: Task = task or registry.build("task", cfg.task, **cfg.task_kwargs)
+        self._remote: Any = None
+        if cfg.backend == "ray" and (student is None or generator is None):
+            # The student and the generator in Ray actors, behind proxies that
+            # implement the same protocols: nothing below changes.
+            from teachgym.distributed import RemoteComponents
+
+            self._remote = RemoteComponents(cfg)
+            student = student or self._remote.student
+            generator = generator or self._remote.generator
         self.student: Student = student or registry.build(
             "student", cfg.student, task=self.task, seed=cfg.seed, **cfg.student_kwargs
         )
@@ -318,6 +327,13 @@ class TeacherEnv(gym.Env):
             split=split, skills=skills, errors=_round_robin(errors_by_skill, self.config.max_errors)
         )
         return report, predictions
+
+    def close(self) -> None:
+        """Release the Ray actors of ``backend: ray`` (a no-op for local components)."""
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+        super().close()
 
     # -- hooks for subclasses ---------------------------------------------
     def _read_action(self, action: Any) -> Plan:

@@ -1,8 +1,11 @@
-"""The ``teachgym`` command line: ``run`` one episode, ``compare`` teachers.
+"""The ``teachgym`` command line: ``run`` one episode, ``compare`` or ``sweep`` teachers.
 
 Each job has one entry point: ``teachgym run`` for an episode (or
-``--resume`` to finish a killed one) and ``teachgym compare`` for a
-leaderboard over teachers and seeds.
+``--resume`` to finish a killed one), ``teachgym compare`` for a leaderboard
+over teachers and seeds in this process, and ``teachgym sweep`` for the same
+over Ray Tune (``--grid`` adds config values, ``--resume`` finishes a killed
+sweep). A user's mistake exits 2 with one line naming it; anything else exits
+1 with its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -68,22 +72,51 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from teachgym.experiments.compare import compare_teachers
+def _sweep_spec(args: argparse.Namespace, *, threads_default: int | None) -> tuple[Any, Path]:
+    from teachgym.experiments.sweep import SweepSpec, parse_grid
 
     config_path, overrides = _split_config_and_overrides(args.items)
     config = load_config(config_path, parse_cli_overrides(overrides))
-    teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
+    if config.threads is None and threads_default is not None:
+        config = config.model_copy(update={"threads": threads_default})
+    teachers = [t.strip() for t in (args.teachers or "").split(",") if t.strip()]
     if not teachers:
         raise ConfigError("--teachers needs at least one teacher name")
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    spec = SweepSpec(config, teachers, args.seeds, parse_grid(args.grid or []), args.max_failures)
+    kind = args.command
     out = (
         Path(args.out)
         if args.out
-        else _default_out("compare", Path(config_path).stem if config_path else "default")
+        else _default_out(kind, Path(config_path).stem if config_path else "default")
     )
-    compare_teachers(config, teachers, args.seeds, out, console=console)
+    return spec, out
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from teachgym.experiments.sweep import run_sweep
+
+    spec, out = _sweep_spec(args, threads_default=None)
+    run_sweep(spec, out, executor="serial", console=console)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from teachgym.experiments.sweep import resume_sweep, run_sweep
+
+    if args.resume:
+        if args.items or args.teachers or args.grid:
+            raise ConfigError("--resume takes no config, overrides, --teachers or --grid")
+        resume_sweep(args.resume, console=console)
+        return 0
+    spec, out = _sweep_spec(args, threads_default=1)
+    console.print(
+        f"teachgym sweep: {len(spec.teachers)} teacher(s) x {spec.seeds} seed(s)"
+        + (f" x grid {spec.grid}" if spec.grid else "")
+        + f" -> {out}"
+    )
+    run_sweep(spec, out, executor="tune", console=console)
     return 0
 
 
@@ -108,12 +141,30 @@ def build_parser() -> argparse.ArgumentParser:
         "count with a warning)",
     )
     run.set_defaults(func=cmd_run)
-    cmp = sub.add_parser("compare", help="run teachers x seeds and print a leaderboard")
-    cmp.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
-    cmp.add_argument("--teachers", required=True, help="comma-separated teacher names")
-    cmp.add_argument("--seeds", type=int, default=3, help="seeds per teacher (0..N-1)")
-    cmp.add_argument("--out", help="output directory (default: runs/compare-<config>-<time>)")
-    cmp.set_defaults(func=cmd_compare)
+    for name, func, helptext in (
+        ("compare", cmd_compare, "teachers x seeds, one after another here; a leaderboard"),
+        ("sweep", cmd_sweep, "teachers x seeds x grid as Ray Tune trials; a leaderboard"),
+    ):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+        cmd.add_argument("--teachers", required=name == "compare", help="comma-separated names")
+        cmd.add_argument("--seeds", type=int, default=3, help="seeds per teacher (0..N-1)")
+        cmd.add_argument(
+            "--grid",
+            action="append",
+            metavar="KEY=V1,V2",
+            help="config values to sweep (repeatable), e.g. teacher_kwargs.gate=0.3,0.5",
+        )
+        cmd.add_argument("--out", help=f"output directory (default: runs/{name}-<config>-<time>)")
+        cmd.add_argument(
+            "--max-failures",
+            type=int,
+            default=2,
+            help="retries of a failed trial, from its last checkpoint (sweep)",
+        )
+        if name == "sweep":
+            cmd.add_argument("--resume", metavar="SWEEP_DIR", help="finish a killed sweep")
+        cmd.set_defaults(func=func)
     return parser
 
 

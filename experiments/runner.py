@@ -21,7 +21,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from rich.table import Table
 
 from teachgym import registry
 from teachgym.config import ExperimentConfig, build_config, dump_config
+from teachgym.distributed import worker_failures
 from teachgym.errors import RunError
 from teachgym.experiments import plots
 from teachgym.experiments.loop import Callback, EpisodeState, Transition, run_episode
@@ -340,6 +341,13 @@ class EpisodeRunner:
         console: where progress and the final table go; ``None`` is silent.
         threads: on resume, a thread count other than the recorded one (a
             warning says the floats will differ from an uninterrupted run).
+        callbacks: more :class:`~teachgym.experiments.loop.Callback` objects,
+            called after the run directory's own (a Tune trial reports with one).
+
+    With ``backend: ray``, a worker that dies mid-episode (its process killed,
+    its node lost) is replaced: the runner rebuilds the actors and resumes
+    from the newest checkpoint, up to ``resources.max_restarts`` times, and
+    the finished ``steps.jsonl`` is the one an uninterrupted run writes.
     """
 
     def __init__(
@@ -350,6 +358,7 @@ class EpisodeRunner:
         resume: bool = False,
         console: Console | None = None,
         threads: int | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = resolve_config(config)
         self.out = Path(out_dir)
@@ -357,6 +366,8 @@ class EpisodeRunner:
         self.console = console
         self.threads = threads if threads is not None else self.config.threads
         assert self.threads is not None
+        self.callbacks = list(callbacks)
+        self.restarts = 0
 
     # -- public -----------------------------------------------------------
     @classmethod
@@ -378,12 +389,37 @@ class EpisodeRunner:
         resumable (``None`` is returned): a time-boxed job can do a slice of an
         episode and a later job resumes it.
         """
-        session_start = time.perf_counter()
+        call_start = time.perf_counter()
+        elapsed_at_call: float | None = None
+        while True:
+            try:
+                return self._run_once(max_new_steps, call_start, elapsed_at_call)
+            except worker_failures() as err:
+                if self.restarts >= self.config.resources.max_restarts:
+                    raise
+                self.restarts += 1
+                message = (
+                    f"a Ray worker died ({type(err).__name__}); resuming from the newest "
+                    f"checkpoint (restart {self.restarts} of {self.config.resources.max_restarts})"
+                )
+                warnings.warn(message, stacklevel=2)
+                if self.console is not None:
+                    self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+                self.resume = True
+                # Time lost since the last checkpoint still counts as the run's time.
+                elapsed_at_call = self._elapsed_at_call
+
+    def _run_once(
+        self, max_new_steps: int | None, call_start: float, elapsed_at_call: float | None
+    ) -> dict[str, Any] | None:
         self._prepare_dir()
         ckpt = find_checkpoint(self.out) if self.resume else None
         saved = json.loads((ckpt / "state.json").read_text()) if ckpt is not None else None
-        if saved is not None:
+        if saved is not None and elapsed_at_call is None:
             self._warn_if_machine_differs(saved.get("machine", {}))
+        if elapsed_at_call is None:
+            elapsed_at_call = float(saved["elapsed"]) if saved is not None else 0.0
+        self._elapsed_at_call = elapsed_at_call
         # Globals first, so that every component's construction is seeded.
         seed_everything(self.config.seed)
         config = self.config.model_copy(update={"threads": self.threads})
@@ -392,10 +428,10 @@ class EpisodeRunner:
             teacher = registry.build(
                 "teacher", config.teacher, env=env, seed=config.seed, **config.teacher_kwargs
             )
-            elapsed_before = float(saved["elapsed"]) if saved is not None else 0.0
 
             def elapsed() -> float:
-                return elapsed_before + time.perf_counter() - session_start
+                assert elapsed_at_call is not None
+                return elapsed_at_call + time.perf_counter() - call_start
 
             state: EpisodeState | None = None
             rows: list[dict[str, Any]] = []
@@ -417,6 +453,7 @@ class EpisodeRunner:
             tracker = WandbCallback(config, self.out, recorder) if config.wandb else None
             if tracker is not None:
                 callbacks.append(tracker)
+            callbacks += self.callbacks
             result = run_episode(
                 env,
                 teacher,

@@ -22,6 +22,8 @@ __all__ = [
     "ENV_IDS",
     "ConfigError",
     "ExperimentConfig",
+    "Resources",
+    "RoleResources",
     "apply_overrides",
     "build_config",
     "config_diff",
@@ -33,6 +35,49 @@ __all__ = [
 ]
 
 ENV_IDS = ("teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0")
+
+
+class RoleResources(BaseModel):
+    """What one Ray actor of a role asks the cluster for (``backend: ray``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    num_cpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="CPUs; None: the run's `threads` for the student and evaluation, 0 for "
+        "the generator. Torch threads in the actor follow it (at least 1)",
+    )
+    num_gpus: float = Field(default=0, ge=0)
+    memory: int | None = Field(default=None, ge=0, description="bytes of RAM to reserve")
+
+
+class EvaluationResources(RoleResources):
+    """Evaluation workers: ``workers: 0`` evaluates inside the student's actor."""
+
+    workers: int = Field(default=0, ge=0, description="actors that each score a shard of a split")
+
+
+class Resources(BaseModel):
+    """Ray resources per role, and how the roles are placed (``backend: ray``).
+
+    ``placement: colocate`` packs the student, generator and evaluation
+    bundles onto as few nodes as possible (one GPU shared by training and
+    evaluation); ``spread`` puts them on distinct nodes where it can.
+    Requests the cluster cannot meet fail after ``timeout_s`` with a message
+    naming them; a request larger than any node fails at once.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    student: RoleResources = Field(default_factory=RoleResources)
+    generator: RoleResources = Field(default_factory=RoleResources)
+    evaluation: EvaluationResources = Field(default_factory=EvaluationResources)
+    placement: Literal["colocate", "spread"] = "colocate"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_restarts: int = Field(
+        default=2, ge=0, description="times a run rebuilds dead workers and resumes"
+    )
 
 
 class ExperimentConfig(BaseModel):
@@ -69,6 +114,8 @@ class ExperimentConfig(BaseModel):
         description="torch CPU threads; None: every core, at most 8 (the runner records the "
         "number it used, since another count gives other floats)",
     )
+    backend: Literal["local", "ray"] = "local"
+    resources: Resources = Field(default_factory=Resources)
     wandb: bool = False
 
     @model_validator(mode="after")

@@ -175,7 +175,8 @@ def test_compare_writes_leaderboard_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "leaderboard" in out and "paired by seed" in out
     # A second call reuses the finished episodes instead of rerunning them.
-    mtime = (tmp_path / "cmp" / "uniform" / "seed_0" / "summary.json").stat().st_mtime
+    [seed0] = (tmp_path / "cmp" / "uniform").glob("seed_0-*")
+    mtime = (seed0 / "summary.json").stat().st_mtime
     main(
         [
             "compare",
@@ -189,7 +190,7 @@ def test_compare_writes_leaderboard_and_plot(tmp_path, capsys):
             str(tmp_path / "cmp"),
         ]
     )
-    assert (tmp_path / "cmp" / "uniform" / "seed_0" / "summary.json").stat().st_mtime == mtime
+    assert (seed0 / "summary.json").stat().st_mtime == mtime
 
 
 def test_cli_run_with_user_teacher_by_import_path(tmp_path, capsys):
@@ -447,30 +448,31 @@ def test_resume_with_another_thread_count_warns(tmp_path):
         EpisodeRunner.from_run_dir(out).run(max_new_steps=1)
 
 
-def test_compare_refuses_an_episode_of_another_config(tmp_path, capsys):
-    args = ["compare", str(SMOKE), "budget=200", "--teachers", "uniform", "--seeds", "1"]
+def test_compare_never_mixes_episodes_of_two_configs(tmp_path, capsys):
     out = ["--out", str(tmp_path / "cmp")]
-    assert main([*args, *out]) == 0
-    capsys.readouterr()
-    changed = ["compare", str(SMOKE), "budget=300", "--teachers", "uniform", "--seeds", "1"]
-    assert main([*changed, *out]) == 2
-    err = capsys.readouterr().err
-    assert "holds an episode of another config (budget: 200 -> 300)" in err
-    # The finished episode is still there, untouched.
-    summary = json.loads((tmp_path / "cmp" / "uniform" / "seed_0" / "summary.json").read_text())
-    assert summary["examples_used"] == 200
+    base = ["--teachers", "uniform", "--seeds", "1"]
+    assert main(["compare", str(SMOKE), "budget=200", *base, *out]) == 0
+    [first] = (tmp_path / "cmp" / "uniform").glob("seed_0-*")
+    assert main(["compare", str(SMOKE), "budget=300", *base, *out]) == 0
+    # Trial directories are keyed by the config's fingerprint: a rerun with another
+    # config runs new episodes beside the old ones, and the leaderboard has only the new.
+    dirs = sorted((tmp_path / "cmp" / "uniform").glob("seed_0-*"))
+    assert len(dirs) == 2 and first in dirs
+    assert json.loads((first / "summary.json").read_text())["examples_used"] == 200
+    [row] = json.loads((tmp_path / "cmp" / "episodes.json").read_text())
+    assert row["examples_used"] == 300 and row["run_dir"] != f"uniform/{first.name}"
 
 
-def test_compare_refuses_a_half_done_episode_of_another_config(tmp_path):
-    from teachgym.experiments.compare import compare_teachers
+def test_a_trial_directory_holding_another_config_is_refused(tmp_path):
+    from teachgym.experiments.sweep import plan_trials, run_trial_episode
 
-    config = load_config(SMOKE, {"teacher": "uniform"})
-    run_dir = tmp_path / "cmp" / "uniform" / "seed_0"
-    assert EpisodeRunner(config, run_dir).run(max_new_steps=2) is None
-    with pytest.raises(RunError, match=r"max_steps: 10 -> 11"):
-        compare_teachers(
-            config.model_copy(update={"max_steps": 11}), ["uniform"], 1, tmp_path / "cmp"
-        )
+    config = load_config(SMOKE)
+    [trial] = plan_trials(config, ["uniform"], 1)
+    run_dir = tmp_path / trial.dirname
+    other = load_config(SMOKE, {"teacher": "uniform", "max_steps": 11})
+    assert EpisodeRunner(other, run_dir).run(max_new_steps=2) is None
+    with pytest.raises(RunError, match=r"max_steps: 11 -> 10"):
+        run_trial_episode(trial, run_dir)
 
 
 def test_import_teachgym_does_not_import_torch():

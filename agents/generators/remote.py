@@ -1,0 +1,78 @@
+"""A generator in a Ray actor, and the proxy that makes it look local.
+
+The generator is built inside the actor from the config's names, with its
+own copy of the task (tasks are deterministic given their arguments), so an
+LLM generator's engine or client lives where its GPU or network is. The
+driver's :class:`~teachgym.agents.generators.base.GenerationContext` travels
+without the task; its random generator travels too and its advanced state
+comes back, so the step's later generation rounds draw exactly what they
+would have drawn in-process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from teachgym.agents.generators.base import GenerationContext, Plan
+from teachgym.types import Example
+
+__all__ = ["GeneratorProxy", "GeneratorWorker"]
+
+
+class GeneratorWorker:
+    """Builds and serves one generator inside a Ray actor."""
+
+    def __init__(self, config: dict[str, Any], threads: int) -> None:
+        from teachgym import registry
+        from teachgym.config import build_config
+        from teachgym.runtime import seed_everything
+
+        cfg = build_config(config)
+        seed_everything(cfg.seed)
+        self.task = registry.build("task", cfg.task, **cfg.task_kwargs)
+        self.generator = registry.build(
+            "generator", cfg.generator, task=self.task, seed=cfg.seed, **cfg.generator_kwargs
+        )
+        self.threads = threads
+
+    def ready(self) -> dict[str, Any]:
+        import os
+
+        import ray
+
+        return {
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "name": getattr(self.generator, "name", type(self.generator).__name__),
+        }
+
+    def generate(
+        self, plan: Plan, context: GenerationContext
+    ) -> tuple[list[Example], dict[str, int], dict[str, Any]]:
+        context = dataclasses.replace(context, task=self.task)
+        examples, rejected = self.generator.generate(plan, context)
+        return list(examples), dict(rejected), context.rng.bit_generator.state
+
+
+class GeneratorProxy:
+    """The ``Generator`` protocol, served by a :class:`GeneratorWorker` actor."""
+
+    def __init__(self, actor: Any) -> None:
+        import ray
+
+        self._ray = ray
+        self.actor = actor
+        self.worker_info = ray.get(actor.ready.remote())
+        self.name = str(self.worker_info["name"])
+
+    def generate(
+        self, plan: Plan, context: GenerationContext
+    ) -> tuple[list[Example], Mapping[str, int]]:
+        remote_context = dataclasses.replace(context, task=None)
+        examples, rejected, rng_state = self._ray.get(
+            self.actor.generate.remote(plan, remote_context)
+        )
+        context.rng.bit_generator.state = rng_state  # the draws happened over there
+        return examples, rejected
