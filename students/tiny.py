@@ -57,14 +57,14 @@ def make_tiny_student(
     lr: float = 4e-3,
     batch_size: int = 128,
     warmup_steps: int = 300,
-    cooldown: float = 0.2,
+    cooldown: float = 0.3,
     **train_kwargs: Any,
 ) -> HFStudent:
     """A tiny Llama student whose vocabulary is exactly ``alphabet``.
 
     The defaults (2 layers, width 128, 8 heads, AdamW at 4e-3 with batch 128,
     a 300-step warm-up, inverse-square-root decay and a cool-down over the
-    last fifth of the episode's budget) are the ones the README's default
+    last 30% of the episode's budget) are the ones the README's default
     experiment measures. The long warm-up is there because a small
     transformer sits on a loss plateau on arithmetic before it learns where
     the digits are, and a rate that decays too early keeps it there; the

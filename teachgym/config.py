@@ -102,7 +102,9 @@ class ExperimentConfig(BaseModel):
     generator_kwargs: dict[str, Any] = Field(default_factory=dict)
     teacher: str = "learning_progress"
     teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
-    budget: int = Field(default=180_000, gt=0, description="examples the teacher may ask for")
+    budget: int = Field(
+        default=150_000, gt=0, description="examples the student may train on in an episode"
+    )
     examples_per_step: int = Field(default=6_000, gt=0)
     max_steps: int = Field(default=50, gt=0)
     cost_per_example: float = Field(default=0.0, ge=0.0)

@@ -66,6 +66,7 @@ def _defaults() -> dict:
             "layers": 2,
             "heads": 8,
             "warmup_steps": 300,
+            "cooldown": 0.3,
             "lr": 0.004,
             "batch_size": 128,
         },
