@@ -7,7 +7,7 @@ the filter drops). Both sides do identical work (same data, same weights), so
 the ratio of wall times is the env's overhead. Prints the ratio; the goal is
 at most 1.05.
 
-    python benchmarks/step_overhead.py [--steps 4]
+    python benchmarks/step_overhead.py [--steps 6]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from teachgym.types import Allocation
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     config = load_config(None, {"threads": default_threads()})
 
@@ -76,6 +76,7 @@ def main() -> None:
                 max_examples=short.total,
                 skills=skills,
                 task=task,
+                exclude=filt.excluded(taken),
                 extra={"round": round_index},
             )
             examples, _ = generator.generate(short, ctx)

@@ -272,17 +272,27 @@ class ProgressDisplay(Callback):
 class WandbCallback(Callback):
     """Logs each ``steps.jsonl`` row to wandb; the run is finished or closed on every exit."""
 
-    def __init__(self, config: ExperimentConfig, out: Path, recorder: RunRecorder) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        out: Path,
+        recorder: RunRecorder,
+        group: str | None = None,
+    ) -> None:
         from teachgym.experiments.tracking import WandbTracker
 
-        self.tracker = WandbTracker(config, out)
+        self.tracker = WandbTracker(config, out, group=group)
         self.recorder = recorder
 
     def on_start(self, env: Any, teacher: Any, observation: Any, info: dict[str, Any]) -> None:
-        self.tracker.log_row(self.recorder.rows[0])
+        self.tracker.log_row(self.recorder.rows[0], errors=info["errors"])
 
     def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
-        self.tracker.log_row(self.recorder.rows[-1])
+        self.tracker.log_row(
+            self.recorder.rows[-1],
+            examples=env.unwrapped.last_examples,
+            errors=transition.info["errors"],
+        )
 
     def on_pause(self, env: Any, teacher: Any) -> None:
         self.tracker.close()  # the resuming job reopens the same wandb run
@@ -343,6 +353,7 @@ class EpisodeRunner:
             warning says the floats will differ from an uninterrupted run).
         callbacks: more :class:`~teachgym.experiments.loop.Callback` objects,
             called after the run directory's own (a Tune trial reports with one).
+        wandb_group: the wandb group of the run (a sweep's episodes share one).
 
     With ``backend: ray``, a worker that dies mid-episode (its process killed,
     its node lost) is replaced: the runner rebuilds the actors and resumes
@@ -359,8 +370,10 @@ class EpisodeRunner:
         console: Console | None = None,
         threads: int | None = None,
         callbacks: Sequence[Callback] = (),
+        wandb_group: str | None = None,
     ) -> None:
         self.config = resolve_config(config)
+        self.wandb_group = wandb_group
         self.out = Path(out_dir)
         self.resume = resume
         self.console = console
@@ -450,7 +463,11 @@ class EpisodeRunner:
                 Checkpointer(self.out, elapsed, self.threads),
                 ProgressDisplay(self.console, config.budget),
             ]
-            tracker = WandbCallback(config, self.out, recorder) if config.wandb else None
+            tracker = (
+                WandbCallback(config, self.out, recorder, self.wandb_group)
+                if config.wandb
+                else None
+            )
             if tracker is not None:
                 callbacks.append(tracker)
             callbacks += self.callbacks

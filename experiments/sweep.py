@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -186,7 +188,7 @@ def plan_trials(
 
 # -- one trial --------------------------------------------------------------------
 def run_trial_episode(
-    trial: Trial, run_dir: Path, callbacks: Sequence[Callback] = ()
+    trial: Trial, run_dir: Path, callbacks: Sequence[Callback] = (), group: str | None = None
 ) -> dict[str, Any]:
     """The summary of ``trial``'s episode in ``run_dir``: read back, resumed or run.
 
@@ -207,9 +209,11 @@ def run_trial_episode(
         summary_path = run_dir / "summary.json"
         if summary_path.exists():
             return dict(json.loads(summary_path.read_text()))
-        runner = EpisodeRunner(trial.config, run_dir, resume=True, callbacks=callbacks)
+        runner = EpisodeRunner(
+            trial.config, run_dir, resume=True, callbacks=callbacks, wandb_group=group
+        )
     else:
-        runner = EpisodeRunner(trial.config, run_dir, callbacks=callbacks)
+        runner = EpisodeRunner(trial.config, run_dir, callbacks=callbacks, wandb_group=group)
     summary = runner.run()
     assert summary is not None
     return summary
@@ -265,7 +269,8 @@ class TuneReporter(Callback):
             "val_accuracy": info["accuracy"],
             "reward": transition.reward,
             "budget_left": info["budget_left"],
-            "done": transition.done,
+            # Not "done": that key tells Tune to stop the trial.
+            "episode_done": transition.done,
         }
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copytree(self.run_dir / CHECKPOINT, Path(tmp) / CHECKPOINT)
@@ -297,11 +302,12 @@ def _restore_from_tune(checkpoint_dir: Path, run_dir: Path) -> None:
 
 def tune_trainable(params: dict[str, Any]) -> None:
     """The Ray Tune function trainable: one trial runs one episode."""
-    import os
-
     import ray
     from ray import tune
 
+    # Tune's per-checkpoint log lines would drown the episode's own output.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     point = params["point"]
     trial = Trial(point["label"], int(point["seed"]), build_config(point["config"]))
     run_dir = Path(params["sweep_dir"]) / trial.dirname
@@ -318,8 +324,9 @@ def tune_trainable(params: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             _restore_from_tune(Path(directory), run_dir)
     try:
-        summary = run_trial_episode(trial, run_dir, [TuneReporter(run_dir)])
-    except BaseException as err:
+        group = Path(params["sweep_dir"]).name
+        summary = run_trial_episode(trial, run_dir, [TuneReporter(run_dir)], group=group)
+    except Exception as err:  # SystemExit / KeyboardInterrupt are Tune stopping the trial
         failure = {
             "time": time.time(),
             "node": attempt["node"],
@@ -330,7 +337,7 @@ def tune_trainable(params: dict[str, Any]) -> None:
         with (run_dir / "failures.jsonl").open("a") as f:
             f.write(json.dumps(failure) + "\n")
         raise
-    tune.report({"done": True, **{k: v for k, v in summary.items() if _scalar(v)}})
+    tune.report({k: v for k, v in summary.items() if _scalar(v)})
 
 
 def _scalar(value: Any) -> bool:
@@ -342,17 +349,22 @@ def _trial_of(tune_config: Mapping[str, Any]) -> Trial:
     return Trial(point["label"], int(point["seed"]), build_config(point["config"]))
 
 
-def _tune_callbacks(console: Console | None, total: int) -> list[Any]:
-    """A line per finished or failed trial (Tune's own console output is off)."""
+def _tune_callbacks(quiet: bool, total: int) -> list[Any]:
+    """A line per finished or failed trial (Tune's own console output is off).
+
+    Tune pickles its callbacks with the experiment state, so this one holds
+    nothing but numbers and prints with ``print``.
+    """
     from ray.tune import Callback as TuneCallback
 
     class Printer(TuneCallback):  # type: ignore[misc]
-        done = 0
+        def __init__(self) -> None:
+            self.done = 0
 
         def _line(self, trial: Any, what: str) -> None:
-            if console is not None:
+            if not quiet:
                 t = _trial_of(trial.config)
-                console.print(f"[{self.done}/{total}] {t.label} seed={t.seed} {what}")
+                print(f"[{self.done}/{total}] {t.label} seed={t.seed} {what}", flush=True)
 
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -369,10 +381,17 @@ def _tune_callbacks(console: Console | None, total: int) -> list[Any]:
 
 
 def _run_tune(
-    out: Path, spec: SweepSpec, trials: list[Trial], resume: bool, console: Console | None
+    out: Path,
+    spec: SweepSpec,
+    trials: list[Trial],
+    resume: bool,
+    console: Console | None,
+    max_concurrent: int | None = None,
 ) -> None:
     from teachgym.distributed import check_feasible, connect, runtime_env_for
 
+    # A checkpoint per step is the point (exact resume); don't warn about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect(runtime_env_for(t.config for t in trials))
     from ray import tune
 
@@ -403,6 +422,7 @@ def _run_tune(
             tune_config=tune.TuneConfig(
                 trial_dirname_creator=lambda t: _trial_of(t.config).dirname.replace("/", "-"),
                 reuse_actors=False,
+                max_concurrent_trials=max_concurrent,
             ),
             run_config=tune.RunConfig(
                 name="tune",
@@ -410,7 +430,7 @@ def _run_tune(
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=_tune_callbacks(console, len(trials)),
+                callbacks=_tune_callbacks(console is None, len(trials)),
             ),
         )
     tuner.fit()
@@ -424,10 +444,12 @@ def run_sweep(
     executor: str = "tune",
     resume: bool = False,
     console: Console | None = None,
+    max_concurrent: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every trial of ``spec`` into ``out_dir`` and write the reports; returns the board.
 
-    ``executor="tune"`` runs trials as Ray Tune trials (side by side);
+    ``executor="tune"`` runs trials as Ray Tune trials (side by side, at most
+    ``max_concurrent`` at once if given, else as many as resources allow);
     ``"serial"`` runs them in this process one after another (what
     ``teachgym compare`` does). Finished trials are read back, not rerun.
     """
@@ -441,13 +463,13 @@ def run_sweep(
         for i, trial in enumerate(trials):
             if console is not None:
                 console.print(f"[{i + 1}/{len(trials)}] {trial.label} seed={trial.seed}")
-            summary = run_trial_episode(trial, out / trial.dirname)
+            summary = run_trial_episode(trial, out / trial.dirname, group=out.name)
             if console is not None:
                 console.print(
                     f"    AULC {summary['aulc']:.3f}  test {summary['final_test_accuracy']:.3f}"
                 )
     else:
-        _run_tune(out, spec, trials, resume, console)
+        _run_tune(out, spec, trials, resume, console, max_concurrent)
     return write_reports(out, trials, console)
 
 

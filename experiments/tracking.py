@@ -1,7 +1,8 @@
 """Optional Weights & Biases logging of the same rows the run directory holds.
 
-Offline unless the user configured wandb (``WANDB_MODE``, ``wandb login``):
-a run never needs a network, and ``wandb sync`` uploads later. The wandb run
+Offline unless the user configured wandb (``WANDB_MODE``, ``WANDB_API_KEY``
+or ``wandb login``): a run never needs a network, and ``wandb sync`` uploads
+later. The wandb run
 id is derived from the run directory, so a resumed run continues the same
 wandb run instead of starting a duplicate.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from teachgym.config import ExperimentConfig
+from teachgym.errors import ConfigError
 
 
 def row_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -43,32 +46,82 @@ def row_metrics(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class WandbTracker:
-    """Logs each step row, and the summary at the end, to a wandb run."""
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set; online when an API key is configured; offline otherwise.
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path) -> None:
+    A run never needs a network: without a key it logs offline, and ``wandb
+    sync`` uploads later.
+    """
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        import netrc
+
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+#: Rows of each per-step sample table: generated examples and student errors.
+TABLE_ROWS = 16
+
+
+class WandbTracker:
+    """Logs each step row, sample tables and the summary at the end, to a wandb run.
+
+    Args:
+        config: the run's config (logged as the wandb run's config).
+        run_dir: the run directory; wandb's files go inside it, and its path
+            fixes the wandb run id, so a resumed run continues the same run.
+        group: the wandb group (a sweep's name: one run per trial, grouped).
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: Path, group: str | None = None) -> None:
         try:
             import wandb
-        except ImportError as err:
-            raise RuntimeError(
+        except ImportError:
+            raise ConfigError(
                 "wandb=true needs the wandb package: pip install 'teachgym[wandb]'"
-            ) from err
+            ) from None
+        self._wandb = wandb
         run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
         self._run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "teachgym"),
             dir=str(run_dir),
             id=run_id,
             resume="allow",
-            mode=os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
-            config=config.model_dump(),
+            mode=wandb_mode(),  # type: ignore[arg-type]
+            group=group,
+            config=config.model_dump(mode="json"),
             name=f"{config.teacher}-seed{config.seed}",
             # Leave the process's stdout alone: wandb's console capture wraps
             # sys.stdout, which swallows output of the caller (and of pytest).
             settings=wandb.Settings(console="off"),
         )
 
-    def log_row(self, row: dict[str, Any]) -> None:
-        self._run.log(row_metrics(row), step=int(row["step"]))
+    def log_row(
+        self,
+        row: dict[str, Any],
+        examples: Sequence[Any] = (),
+        errors: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Scalars of a step, plus tables of some of its examples and the student's errors."""
+        data: dict[str, Any] = dict(row_metrics(row))
+        if examples:
+            table = self._wandb.Table(columns=["skill", "prompt", "completion"])
+            for e in list(examples)[:TABLE_ROWS]:
+                table.add_data(e.skill, e.prompt, e.completion)
+            data["samples/examples"] = table
+        if errors:
+            table = self._wandb.Table(columns=["skill", "prompt", "student", "gold"])
+            for e in list(errors)[:TABLE_ROWS]:
+                table.add_data(e["skill"], e["prompt"], e["student_answer"], e["gold_answer"])
+            data["samples/errors"] = table
+        self._run.log(data, step=int(row["step"]))
 
     def finish(self, summary: dict[str, Any]) -> None:
         for key, value in summary.items():

@@ -274,8 +274,28 @@ def test_config_overrides_nested_keys():
 def test_wandb_logs_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    out, summary = _run(tmp_path, "wb", wandb=True)
+    made = _spy_on_wandb(monkeypatch)
+    out = tmp_path / "wb"
+    summary = EpisodeRunner(load_config(SMOKE, {"wandb": True}), out, wandb_group="g1").run()
     assert summary is not None and list(out.glob("wandb/offline-run-*"))
+    assert made[0].run.group == "g1"
+    # Per-step tables of generated examples and of the student's errors.
+    tables = {p.name.split("_")[0] for p in out.glob("wandb/offline-run-*/files/media/table/*/*")}
+    assert tables == {"examples", "errors"}
+
+
+def test_wandb_is_offline_without_an_api_key(monkeypatch, tmp_path):
+    from teachgym.experiments.tracking import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
 
 
 def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
@@ -289,7 +309,7 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_wandb)
-    with pytest.raises(RuntimeError, match=r"teachgym\[wandb\]"):
+    with pytest.raises(ConfigError, match=r"teachgym\[wandb\]"):
         _run(tmp_path, "nowb", wandb=True)
 
 
