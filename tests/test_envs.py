@@ -210,7 +210,18 @@ def test_huge_plans_are_clamped_before_generation(env_id, plan, fast):
     task = _CountingTask(ArithmeticTask(val_per_skill=4, test_per_skill=4))
     env = gym.make(env_id, task=task, **fast)
     env.reset(seed=0)
+    seen_plans = []
+    generate = env.unwrapped.generator.generate
+
+    def spy(plan, context):
+        seen_plans.append(plan)
+        return generate(plan, context)
+
+    env.unwrapped.generator.generate = spy
     _, _, _, _, info = env.step(plan)
+    # Count plans reach the generator already clamped to the step cap; a text plan
+    # can only be bounded by the generator, which the counting task checks below.
+    assert all(p.total <= 20 for p in seen_plans if isinstance(p, Allocation))
     # The generator was never asked for the plan's count: at most the step cap
     # (20), and the few redraws distinct prompts need.
     assert 0 < task.sampled <= 4 * 20 + 64 * len(env.unwrapped.skills)
