@@ -394,9 +394,12 @@ CRASH_STATES = {
 def test_resume_uses_the_newest_complete_checkpoint(state, tmp_path):
     whole, out, step3 = _partial_run(tmp_path)
     CRASH_STATES[state](out, step3)
+    early = [(out / "data" / f"step_{k:04d}.jsonl").stat().st_mtime_ns for k in (1, 2, 3)]
     summary = EpisodeRunner.from_run_dir(out).run()
     assert summary is not None
     assert (out / "steps.jsonl").read_bytes() == (whole / "steps.jsonl").read_bytes()
+    # It continued from a checkpoint (steps 1-3 were not redone), not from scratch.
+    assert [(out / "data" / f"step_{k:04d}.jsonl").stat().st_mtime_ns for k in (1, 2, 3)] == early
     assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint"]
     # One timing row per step, none repeated by the replay.
     steps = [t["step"] for t in read_jsonl(out / "timings.jsonl")]
