@@ -416,28 +416,20 @@ def test_wall_seconds_counts_every_session(tmp_path):
     assert summary["wall_seconds"] >= first + later_steps
 
 
-class _GlobalDrawTeacher:
-    """A user teacher that draws from the global generators while it is built."""
+_TASK_DRAWS: list[list[float]] = []
 
-    def __init__(self, env, seed=0):
-        import random
 
-        import numpy as np
-        import torch
+def _global_draw_task(**kwargs):
+    """A user task that draws from the global generators while it is built."""
+    import random
 
-        self.draws = [random.random(), float(np.random.rand()), float(torch.rand(1))]
+    import numpy as np
+    import torch
 
-    def act(self, observation, info):
-        return [1.0] * len(observation["accuracy"])
+    from teachgym.envs.tasks.arithmetic import ArithmeticTask
 
-    def update(self, *args):
-        pass
-
-    def state_dict(self):
-        return {"draws": self.draws}
-
-    def load_state_dict(self, state):
-        pass
+    _TASK_DRAWS.append([random.random(), float(np.random.rand()), float(torch.rand(1))])
+    return ArithmeticTask(**kwargs)
 
 
 def test_global_generators_are_seeded_before_components_are_built(tmp_path):
@@ -446,17 +438,16 @@ def test_global_generators_are_seeded_before_components_are_built(tmp_path):
     import numpy as np
     import torch
 
-    registry.register("teacher", "global_draws_for_test", _GlobalDrawTeacher)
-    draws = []
+    # The task is the first component the env builds.
+    registry.register("task", "global_draws_for_test", _global_draw_task)
+    _TASK_DRAWS.clear()
     for name in ("a", "b"):
         random.seed(99), np.random.seed(99), torch.manual_seed(99)  # whatever came before
-        out = tmp_path / name
-        config = load_config(SMOKE, {"teacher": "global_draws_for_test", "seed": 3})
-        EpisodeRunner(config, out).run(max_new_steps=0)
-        state = json.loads((out / "checkpoint" / "state.json").read_text())
-        draws.append(state["teacher"]["draws"])
+        config = load_config(SMOKE, {"task": "global_draws_for_test", "seed": 3})
+        EpisodeRunner(config, tmp_path / name).run(max_new_steps=0)
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
-    assert draws[0] == draws[1] == [random.random(), float(np.random.rand()), float(torch.rand(1))]
+    expected = [random.random(), float(np.random.rand()), float(torch.rand(1))]
+    assert [expected, expected] == _TASK_DRAWS
 
 
 def test_resume_with_another_thread_count_warns(tmp_path):
