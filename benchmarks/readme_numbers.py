@@ -79,8 +79,9 @@ def main() -> None:
     print("| seed | final val | largest last-step drop | AULC | final test |")
     print("|---|---|---|---|---|")
     finals, drops, aulcs = [], [], []
+    dirs = {r["seed"]: r["run_dir"] for r in rows if r["teacher"] == config.teacher}
     for seed in range(args.seeds):
-        run_dir = out / "compare" / config.teacher / f"seed_{seed}"
+        run_dir = out / "compare" / dirs[seed]
         curve = [r["val_accuracy"] for r in read_jsonl(run_dir / "steps.jsonl")]
         summary = json.loads((run_dir / "summary.json").read_text())
         drop = max(0.0, curve[-2] - curve[-1])

@@ -106,21 +106,41 @@ def test_arithmetic_splits_fixed_disjoint_and_correct():
         assert set(p.prompt + p.answer) <= set(task.alphabet)
 
 
-def test_arithmetic_skill_definitions():
+def _carries(x: int, y: int) -> bool:
+    return any(int(a) + int(b) >= 10 for a, b in zip(str(x)[::-1], str(y)[::-1], strict=False))
+
+
+def _borrows(x: int, y: int) -> bool:
+    return any(int(a) < int(b) for a, b in zip(str(x)[::-1], str(y)[::-1], strict=False))
+
+
+def test_every_family_draws_what_its_name_says():
     rng = np.random.default_rng(0)
     task = ArithmeticTask(skills=list(FAMILIES), answer_order="msd_first")
-    for skill in ["add/no_carry", "add/carry", "sub/no_borrow", "sub/borrow"]:
-        for p in task.sample(skill, 200, rng):
-            op = "+" if "+" in p.prompt else "-"
+    for skill in FAMILIES:
+        root, _, kind = skill.partition("/")
+        digits = 3 if kind in ("3d", "3x1") else 2
+        if kind.endswith("_3d"):
+            digits = 3
+        elif kind.endswith("_4d"):
+            digits = 4
+        for p in task.sample(skill, 300, rng):
+            op = {"add": "+", "sub": "-", "mul": "*", "cmp": "?"}[root]
             x, y = map(int, p.prompt[:-1].split(op))
-            pairs = list(zip(str(x)[::-1], str(y)[::-1], strict=False))
-            if op == "+":
-                carry = any(int(a) + int(b) >= 10 for a, b in pairs)
-                assert carry == (skill == "add/carry"), p
-                assert p.answer == str(x + y)
+            if root == "mul":
+                assert len(str(x)) == digits and 2 <= y <= 9 and p.answer == str(x * y)
+                continue
+            assert len(str(x)) == len(str(y)) == digits, (skill, p)
+            if root == "add":
+                assert _carries(x, y) == ("no_carry" not in kind) and p.answer == str(x + y)
+            elif root == "sub":
+                assert x >= y and p.answer == str(x - y)
+                assert _borrows(x, y) == ("no_borrow" not in kind), (skill, p)
             else:
-                assert x >= y
-                assert (x - y) >= 0 and p.answer == str(x - y)
+                assert p.answer == ("<" if x < y else ">" if x > y else "=")
+    # Comparison pairs often share leading digits, so the first digit alone rarely decides.
+    cmp = [p.prompt for p in task.sample("cmp/3d", 2000, rng)]
+    assert sum(a[0] == a[4] for a in cmp) > 0.5 * len(cmp)
     # A problem space far larger than the evaluation sets, even for the smallest skill.
     prompts = {p.prompt for p in task.sample("mul/2x1", 20_000, rng)}
     assert len(prompts) == 720 > 5 * (64 + 64)
@@ -233,11 +253,11 @@ def test_parse_text_plan_ambiguous_tail_needs_full_path():
     [("add/no_carry", 1980), ("add/carry", 6120), ("sub/no_borrow", 2475), ("sub/borrow", 1620)],
 )
 def test_two_digit_problem_spaces_have_the_sizes_the_module_states(skill, size):
-    # Sampling 25x the space size misses a given prompt with probability e^-25: the
-    # distinct prompts seen are the whole space. The module docstring quotes these sizes.
-    rng = np.random.default_rng(0)
-    family = FAMILIES[skill]
-    seen = {family(rng)[0] for _ in range(25 * size)}
+    # 25x the space size covers even the rarest prompts of the non-uniform families
+    # (about 8 expected draws each; the seed makes it deterministic): the distinct
+    # prompts seen are the whole space. The module docstring quotes these sizes.
+    task = ArithmeticTask(skills=[skill], val_per_skill=1, test_per_skill=1)
+    seen = {p.prompt for p in task.sample(skill, 25 * size, np.random.default_rng(0))}
     assert len(seen) == size
 
 

@@ -15,7 +15,6 @@ decontamination filter drops generated examples that hit it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,105 +23,137 @@ from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.base import Split
 from teachgym.types import Problem
 
-Family = Callable[[np.random.Generator], tuple[str, str]]
+Operands = tuple[np.ndarray, np.ndarray]
+#: A problem family draws ``n`` operand pairs at once (vectorized: a step asks
+#: for thousands of problems, and drawing them one Python call at a time was
+#: most of the generator's cost).
+Family = Callable[[np.random.Generator, int], Operands]
 
 
-def _digits(rng: np.random.Generator, n: int, first_min: int = 1) -> list[int]:
-    return [int(rng.integers(first_min if i == 0 else 0, 10)) for i in range(n)]
+def _value(digits: list[np.ndarray]) -> np.ndarray:
+    """Digit arrays (most significant first) -> the numbers they spell."""
+    out = np.zeros_like(digits[0])
+    for d in digits:
+        out = out * 10 + d
+    return out
 
 
-def _num(ds: Sequence[int]) -> int:
-    return int("".join(map(str, ds)))
+def _has_carry(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Does ``x + y`` carry at any digit position?"""
+    carry = np.zeros(x.shape, dtype=bool)
+    while (x | y).any():
+        carry |= x % 10 + y % 10 >= 10
+        x, y = x // 10, y // 10
+    return carry
 
 
-def _add_no_carry(rng: np.random.Generator, n: int = 3) -> tuple[str, str]:
-    a, b = [], []
-    for i in range(n):
+def _has_borrow(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Does ``x - y`` borrow at any digit position?"""
+    borrow = np.zeros(x.shape, dtype=bool)
+    while y.any():
+        borrow |= x % 10 < y % 10
+        x, y = x // 10, y // 10
+    return borrow
+
+
+def _until(rng: np.random.Generator, n: int, draw: Callable[[int], Operands]) -> Operands:
+    """Rejection sampling, vectorized: draw batches until ``n`` pairs were kept."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    kept = 0
+    while kept < n:
+        x, y = draw(2 * (n - kept) + 16)
+        xs.append(x)
+        ys.append(y)
+        kept += len(x)
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+
+
+def _add_no_carry(rng: np.random.Generator, n: int, d: int) -> Operands:
+    # Digit by digit: x_i uniform, then y_i uniform among digits that keep x_i + y_i < 10.
+    xs, ys = [], []
+    for i in range(d):
         lo = 1 if i == 0 else 0
-        x = int(rng.integers(lo, 9 - lo + 1))
-        y = int(rng.integers(lo, 9 - x + 1))
-        a.append(x)
-        b.append(y)
-    x, y = _num(a), _num(b)
-    return f"{x}+{y}=", str(x + y)
+        x = rng.integers(lo, 10 - lo, size=n)
+        xs.append(x)
+        ys.append(rng.integers(lo, 10 - x))
+    return _value(xs), _value(ys)
 
 
-def _has_carry(x: int, y: int) -> bool:
-    while x or y:
-        if x % 10 + y % 10 >= 10:
-            return True
-        x, y = x // 10, y // 10
-    return False
+def _add_carry(rng: np.random.Generator, n: int, d: int) -> Operands:
+    def draw(m: int) -> Operands:
+        x = rng.integers(10 ** (d - 1), 10**d, size=m)
+        y = rng.integers(10 ** (d - 1), 10**d, size=m)
+        keep = _has_carry(x, y)
+        return x[keep], y[keep]
+
+    return _until(rng, n, draw)
 
 
-def _has_borrow(x: int, y: int) -> bool:
-    while y:
-        if x % 10 < y % 10:
-            return True
-        x, y = x // 10, y // 10
-    return False
+def _sub_no_borrow(rng: np.random.Generator, n: int, d: int) -> Operands:
+    # x's digits uniform; each digit of y uniform in [0, x_i] (the first in [1, x_0]).
+    xs, ys = [], []
+    for i in range(d):
+        x = rng.integers(1 if i == 0 else 0, 10, size=n)
+        xs.append(x)
+        ys.append(rng.integers(1 if i == 0 else 0, x + 1))
+    return _value(xs), _value(ys)
 
 
-def _add_carry(rng: np.random.Generator, n: int = 3) -> tuple[str, str]:
-    while True:
-        x, y = int(rng.integers(10 ** (n - 1), 10**n)), int(rng.integers(10 ** (n - 1), 10**n))
-        if _has_carry(x, y):
-            return f"{x}+{y}=", str(x + y)
+def _sub_borrow(rng: np.random.Generator, n: int, d: int) -> Operands:
+    def draw(m: int) -> Operands:
+        a = rng.integers(10 ** (d - 1), 10**d, size=m)
+        b = rng.integers(10 ** (d - 1), 10**d, size=m)
+        x, y = np.maximum(a, b), np.minimum(a, b)
+        keep = _has_borrow(x, y)
+        return x[keep], y[keep]
+
+    return _until(rng, n, draw)
 
 
-def _sub_no_borrow(rng: np.random.Generator, n: int = 3) -> tuple[str, str]:
-    a = _digits(rng, n)
-    b = [int(rng.integers(1 if i == 0 else 0, d + 1)) for i, d in enumerate(a)]
-    x, y = _num(a), _num(b)
-    return f"{x}-{y}=", str(x - y)
+def _mul(rng: np.random.Generator, n: int, d: int) -> Operands:
+    return rng.integers(10 ** (d - 1), 10**d, size=n), rng.integers(2, 10, size=n)
 
 
-def _sub_borrow(rng: np.random.Generator, n: int = 3) -> tuple[str, str]:
-    while True:
-        x, y = int(rng.integers(10 ** (n - 1), 10**n)), int(rng.integers(10 ** (n - 1), 10**n))
-        x, y = max(x, y), min(x, y)
-        if _has_borrow(x, y):
-            return f"{x}-{y}=", str(x - y)
+def _compare(rng: np.random.Generator, n: int) -> Operands:
+    # y shares the first ``keep`` digits of x (0-3) so the first digit alone rarely
+    # decides; the rest of y's digits are uniform.
+    x = rng.integers(100, 1000, size=n)
+    keep = rng.integers(0, 4, size=n)
+    digits = [x // 100, x // 10 % 10, x % 10]
+    tail = [rng.integers(0, 10, size=n) for _ in range(3)]
+    y = _value([np.where(keep > i, digits[i], tail[i]) for i in range(3)])
+    return x, np.maximum(y, 100)
 
 
-def _mul_2x1(rng: np.random.Generator) -> tuple[str, str]:
-    x, y = int(rng.integers(10, 100)), int(rng.integers(2, 10))
-    return f"{x}*{y}=", str(x * y)
-
-
-def _mul_3x1(rng: np.random.Generator) -> tuple[str, str]:
-    x, y = int(rng.integers(100, 1000)), int(rng.integers(2, 10))
-    return f"{x}*{y}=", str(x * y)
-
-
-def _compare(rng: np.random.Generator) -> tuple[str, str]:
-    x = int(rng.integers(100, 1000))
-    # Share a prefix often, so that the first digit alone rarely decides.
-    keep = int(rng.integers(0, 4))
-    tail = _digits(rng, 3 - keep, first_min=0)
-    y = _num(list(map(int, str(x)[:keep])) + tail) if keep < 3 else x
-    y = max(y, 100)
-    sign = "<" if x < y else ">" if x > y else "="
-    return f"{x}?{y}=", sign
-
-
-FAMILIES: dict[str, Family] = {
-    "add/no_carry": lambda r: _add_no_carry(r, 2),
-    "add/carry": lambda r: _add_carry(r, 2),
-    "add/no_carry_3d": lambda r: _add_no_carry(r, 3),
-    "add/carry_3d": lambda r: _add_carry(r, 3),
-    "sub/no_borrow": lambda r: _sub_no_borrow(r, 2),
-    "sub/borrow": lambda r: _sub_borrow(r, 2),
-    "sub/no_borrow_3d": lambda r: _sub_no_borrow(r, 3),
-    "sub/borrow_3d": lambda r: _sub_borrow(r, 3),
-    "add/no_carry_4d": lambda r: _add_no_carry(r, 4),
-    "add/carry_4d": lambda r: _add_carry(r, 4),
-    "sub/no_borrow_4d": lambda r: _sub_no_borrow(r, 4),
-    "sub/borrow_4d": lambda r: _sub_borrow(r, 4),
-    "mul/2x1": _mul_2x1,
-    "mul/3x1": _mul_3x1,
-    "cmp/3d": _compare,
+FAMILIES: dict[str, tuple[str, Family]] = {
+    "add/no_carry": ("+", lambda r, n: _add_no_carry(r, n, 2)),
+    "add/carry": ("+", lambda r, n: _add_carry(r, n, 2)),
+    "add/no_carry_3d": ("+", lambda r, n: _add_no_carry(r, n, 3)),
+    "add/carry_3d": ("+", lambda r, n: _add_carry(r, n, 3)),
+    "sub/no_borrow": ("-", lambda r, n: _sub_no_borrow(r, n, 2)),
+    "sub/borrow": ("-", lambda r, n: _sub_borrow(r, n, 2)),
+    "sub/no_borrow_3d": ("-", lambda r, n: _sub_no_borrow(r, n, 3)),
+    "sub/borrow_3d": ("-", lambda r, n: _sub_borrow(r, n, 3)),
+    "add/no_carry_4d": ("+", lambda r, n: _add_no_carry(r, n, 4)),
+    "add/carry_4d": ("+", lambda r, n: _add_carry(r, n, 4)),
+    "sub/no_borrow_4d": ("-", lambda r, n: _sub_no_borrow(r, n, 4)),
+    "sub/borrow_4d": ("-", lambda r, n: _sub_borrow(r, n, 4)),
+    "mul/2x1": ("*", lambda r, n: _mul(r, n, 2)),
+    "mul/3x1": ("*", lambda r, n: _mul(r, n, 3)),
+    "cmp/3d": ("?", _compare),
 }
+
+
+def _result(op: str, x: int, y: int) -> str:
+    if op == "+":
+        return str(x + y)
+    if op == "-":
+        return str(x - y)
+    if op == "*":
+        return str(x * y)
+    return "<" if x < y else ">" if x > y else "="
+
 
 DEFAULT_SKILLS = (
     "add/no_carry",
@@ -135,15 +166,20 @@ DEFAULT_SKILLS = (
 )
 
 
-_PROBLEM = re.compile(r"(\d+)(\D)(\d+)=")
-
-
 def _operand_digits(skill: str) -> int:
     """The longest operand a family writes (each family has fixed operand lengths)."""
-    prompt, _ = FAMILIES[skill](np.random.default_rng(0))
-    match = _PROBLEM.fullmatch(prompt)
-    assert match is not None, prompt
-    return max(len(match.group(1)), len(match.group(3)))
+    x, y = FAMILIES[skill][1](np.random.default_rng(0), 1)
+    return max(len(str(int(x[0]))), len(str(int(y[0]))))
+
+
+def _answer_length(skill: str) -> int:
+    """The longest answer a family can have: its largest operands' result."""
+    op, _ = FAMILIES[skill]
+    if op == "?":
+        return 1
+    d = _operand_digits(skill)
+    top = 10**d - 1
+    return len(_result(op, top, 9 if op == "*" else top if op == "+" else 0))
 
 
 class ArithmeticTask:
@@ -209,32 +245,36 @@ class ArithmeticTask:
         self._width = max(_operand_digits(skill) for skill in skills) if pad_operands else 0
         self._skills = SkillTree(skills)
         self._leaves = list(skills)
+        #: The longest answer any chosen skill can have (a student's decoding budget).
+        self.max_answer_length = max(_answer_length(skill) for skill in skills)
         rng = np.random.default_rng(split_seed)
         self._splits: dict[str, list[Problem]] = {"val": [], "test": []}
         for skill in skills:
+            # Distinct prompts, val and test disjoint, drawn in order from split_seed.
+            pool: list[tuple[str, str]] = []
             seen: set[str] = set()
-            for split, n in (("val", val_per_skill), ("test", test_per_skill)):
-                made = 0
-                while made < n:
-                    prompt, answer = self._make(skill, rng)
-                    if prompt in seen:
-                        continue
-                    seen.add(prompt)
-                    self._splits[split].append(
-                        Problem(
-                            id=f"{split}/{skill}/{made}", skill=skill, prompt=prompt, answer=answer
-                        )
-                    )
-                    made += 1
+            while len(pool) < val_per_skill + test_per_skill:
+                for prompt, answer in self._make(skill, val_per_skill + test_per_skill, rng):
+                    if prompt not in seen and len(pool) < val_per_skill + test_per_skill:
+                        seen.add(prompt)
+                        pool.append((prompt, answer))
+            for split, items in (("val", pool[:val_per_skill]), ("test", pool[val_per_skill:])):
+                self._splits[split] += [
+                    Problem(id=f"{split}/{skill}/{i}", skill=skill, prompt=p, answer=a)
+                    for i, (p, a) in enumerate(items)
+                ]
 
-    def _make(self, skill: str, rng: np.random.Generator) -> tuple[str, str]:
-        prompt, answer = FAMILIES[skill](rng)
-        if self._width:
-            match = _PROBLEM.fullmatch(prompt)
-            assert match is not None, prompt
-            a, op, b = match.groups()
-            prompt = f"{a.zfill(self._width)}{op}{b.zfill(self._width)}="
-        return prompt, answer[::-1] if self.answer_order == "lsd_first" else answer
+    def _make(self, skill: str, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+        """``n`` (prompt, answer) pairs of ``skill``, written as this task writes them."""
+        op, family = FAMILIES[skill]
+        xs, ys = family(rng, n)
+        width, lsd = self._width, self.answer_order == "lsd_first"
+        out = []
+        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+            answer = _result(op, x, y)
+            prompt = f"{x:0{width}d}{op}{y:0{width}d}=" if width else f"{x}{op}{y}="
+            out.append((prompt, answer[::-1] if lsd else answer))
+        return out
 
     @property
     def skills(self) -> SkillTree:
@@ -257,8 +297,13 @@ class ArithmeticTask:
         the environment's decontamination filter drops those)."""
         if skill not in FAMILIES or skill not in self._leaves:
             raise ValueError(f"skill {skill!r} is not a leaf of this task: {self._leaves}")
-        out = []
-        for i in range(n):
-            prompt, answer = self._make(skill, rng)
-            out.append(Problem(id=f"train/{skill}/{i}", skill=skill, prompt=prompt, answer=answer))
-        return out
+        if n <= 0:
+            return []
+        # model_construct: the fields are made right here, so validating them
+        # again for thousands of problems per step would be pure cost.
+        return [
+            Problem.model_construct(
+                id=f"train/{skill}/{i}", skill=skill, prompt=prompt, answer=answer, metadata={}
+            )
+            for i, (prompt, answer) in enumerate(self._make(skill, n, rng))
+        ]
