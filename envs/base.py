@@ -80,6 +80,13 @@ class TeacherEnv(gym.Env):
             self._remote = RemoteComponents(cfg)
             student = student or self._remote.student
             generator = generator or self._remote.generator
+        try:
+            self._build(cfg, student, generator)
+        except BaseException:
+            self.close()  # no actor outlives an env that failed to build
+            raise
+
+    def _build(self, cfg: ExperimentConfig, student: Any, generator: Any) -> None:
         self.student: Student = student or registry.build(
             "student", cfg.student, task=self.task, seed=cfg.seed, **cfg.student_kwargs
         )

@@ -513,17 +513,33 @@ def write_reports(
     status = []
     for trial in trials:
         run_dir = out / trial.dirname
-        failures = read_jsonl(run_dir / "failures.jsonl")
+        failures = [
+            {k: f[k] for k in ("error", "message", "node")}
+            for f in read_jsonl(run_dir / "failures.jsonl")
+        ]
         attempts = read_jsonl(run_dir / "attempts.jsonl")
         summary_path = run_dir / "summary.json"
         finished = summary_path.exists()
+        # An attempt whose process was killed (or whose node was lost) could not
+        # write its failure; a later attempt is the evidence that it failed.
+        ended = len(attempts) - (0 if finished else 1)
+        for attempt in attempts[len(failures) : max(len(failures), ended)]:
+            failures.append(
+                {
+                    "error": "WorkerLost",
+                    "message": "the trial's process died (killed, out of memory or its node "
+                    "lost) and Ray Tune started it again",
+                    "node": attempt["node"],
+                }
+            )
         status.append(
             {
                 "teacher": trial.label,
                 "seed": trial.seed,
                 "run_dir": trial.dirname,
                 "finished": finished,
-                "failures": [{k: f[k] for k in ("error", "message", "node")} for f in failures],
+                "attempts": len(attempts),
+                "failures": failures,
                 "nodes": sorted({a["node"] for a in attempts}),
             }
         )

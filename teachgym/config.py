@@ -103,7 +103,7 @@ class ExperimentConfig(BaseModel):
     teacher: str = "learning_progress"
     teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
     budget: int = Field(
-        default=150_000, gt=0, description="examples the student may train on in an episode"
+        default=132_000, gt=0, description="examples the student may train on in an episode"
     )
     examples_per_step: int = Field(default=6_000, gt=0)
     max_steps: int = Field(default=50, gt=0)
