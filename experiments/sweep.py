@@ -521,9 +521,9 @@ def write_reports(
         summary_path = run_dir / "summary.json"
         finished = summary_path.exists()
         # An attempt whose process was killed (or whose node was lost) could not
-        # write its failure; a later attempt is the evidence that it failed.
-        ended = len(attempts) - (0 if finished else 1)
-        for attempt in attempts[len(failures) : max(len(failures), ended)]:
+        # write its failure; a later attempt is the evidence that it failed. (The
+        # last attempt succeeded, is running, or wrote its own failure.)
+        for attempt in attempts[len(failures) : max(len(failures), len(attempts) - 1)]:
             failures.append(
                 {
                     "error": "WorkerLost",
