@@ -3,9 +3,9 @@
 1. ``teachgym compare --teachers curriculum,learning_progress,uniform,random
    --seeds 5`` on the default config: AULC and final test accuracy per
    teacher (mean ± 95% CI over seeds) and the paired gains of the leader.
-2. The default experiment (the ``learning_progress`` episodes of that
-   comparison: the default config is that teacher) per seed: final validation
-   accuracy, the largest drop of the last step below the one before, AULC.
+2. The default experiment (that comparison's episodes of the default config's
+   teacher) per seed: final validation accuracy, the largest drop of the last
+   step below the one before, AULC.
 3. The wall time of ``teachgym run`` with the default config, median of
    ``--runs`` fresh processes (seed 0).
 

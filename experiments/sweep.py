@@ -455,7 +455,7 @@ def run_sweep(
     """
     if executor not in ("tune", "serial"):
         raise ValueError(f"executor must be 'tune' or 'serial', got {executor!r}")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # Tune reads a relative storage path as a bad URI
     trials = plan_trials(spec.config, spec.teachers, spec.seeds, spec.grid)
     out.mkdir(parents=True, exist_ok=True)
     (out / SPEC_FILE).write_text(spec.to_yaml())
@@ -477,7 +477,7 @@ def resume_sweep(
     out_dir: str | Path, *, executor: str = "tune", console: Console | None = None
 ) -> list[dict[str, Any]]:
     """Finish the sweep in ``out_dir`` (its driver was killed, or trials failed)."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     spec_path = out / SPEC_FILE
     if not spec_path.is_file():
         raise RunError(f"cannot resume: {str(out)!r} has no {SPEC_FILE}")

@@ -100,7 +100,7 @@ class ExperimentConfig(BaseModel):
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
     generator: str = "procedural"
     generator_kwargs: dict[str, Any] = Field(default_factory=dict)
-    teacher: str = "learning_progress"
+    teacher: str = "curriculum"
     teacher_kwargs: dict[str, Any] = Field(default_factory=dict)
     budget: int = Field(
         default=132_000, gt=0, description="examples the student may train on in an episode"

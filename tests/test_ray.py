@@ -291,8 +291,10 @@ def test_a_killed_sweep_driver_resumes_to_the_same_leaderboard(tmp_path):
     whole = tmp_path / "whole"
     subprocess.run(_sweep_cmd(whole, *args), env=_env(), check=True, capture_output=True)
     killed = tmp_path / "killed"
+    # Relative paths, as a user types them: Tune must get them resolved.
     proc = subprocess.Popen(
-        _sweep_cmd(killed, *args),
+        _sweep_cmd(Path("killed"), *args),
+        cwd=tmp_path,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -306,8 +308,8 @@ def test_a_killed_sweep_driver_resumes_to_the_same_leaderboard(tmp_path):
     finished = len(list(killed.glob("*/seed_*/summary.json")))
     assert 1 <= finished < 4, "the kill must land mid-sweep"
     assert not (killed / "leaderboard.json").exists()
-    resume = [sys.executable, "-m", "teachgym.experiments.cli", "sweep", "--resume", str(killed)]
-    subprocess.run(resume, env=_env(), check=True, capture_output=True)
+    resume = [sys.executable, "-m", "teachgym.experiments.cli", "sweep", "--resume", "killed"]
+    subprocess.run(resume, cwd=tmp_path, env=_env(), check=True, capture_output=True)
     assert (killed / "leaderboard.json").read_text() == (whole / "leaderboard.json").read_text()
     assert (killed / "paired.json").read_text() == (whole / "paired.json").read_text()
 

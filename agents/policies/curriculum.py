@@ -6,8 +6,7 @@ sits near zero and a progress teacher spreads data over all of them. The hard
 skills then slow the easy ones down: on the default arithmetic task, 3-digit
 operands put the digits the student must combine at other positions than
 2-digit ones, and a student taught all seven skills from the start leaves its
-loss plateau later than one taught the 2-digit skills first (README, "The
-teacher comparison").
+loss plateau later than one taught the 2-digit skills first (README, "Measured").
 
 So this teacher starts with the easiest skills and opens the next level when
 the student has got somewhere, the "competence-based" curriculum of Platanios
