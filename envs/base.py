@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import string
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 
 from teachgym import registry
 from teachgym.agents.generators.base import GenerationContext, Generator, Plan
@@ -26,10 +28,83 @@ from teachgym.runtime import set_torch_threads
 from teachgym.students.base import Student
 from teachgym.types import Allocation, ErrorCase, EvalReport, Example, Prediction, SkillStats
 
-#: Characters allowed in Text observations and actions: printable ASCII with
-#: whitespace. Gymnasium's default Text charset is alphanumeric only, which
-#: would reject spaces, punctuation and newlines in every error example.
+#: Printable ASCII with whitespace. No longer the charset of any space (see
+#: :class:`UnicodeText`); kept for code that wants an ASCII-only check.
 PRINTABLE = frozenset(string.printable)
+
+
+def is_text_char(ch: str) -> bool:
+    """Whether ``ch`` may appear in a teachgym Text observation or action.
+
+    Any Unicode character except control characters (category ``Cc``: NUL,
+    carriage return, escape, ...) and lone surrogates (``Cs``, which cannot
+    be encoded as UTF-8 and so could not be logged); newline and tab are the
+    two controls allowed, because plans and observations are multi-line.
+    Format characters (``Cf``, e.g. a zero-width joiner) and symbols such as
+    "×", "–" or "é" pass: an LLM writes them, and refusing them would turn a
+    fine plan into an env error.
+    """
+    if ch in "\n\t":
+        return True
+    return unicodedata.category(ch) not in ("Cc", "Cs")
+
+
+def bad_text_chars(text: str) -> list[str]:
+    """The distinct characters of ``text`` that :func:`is_text_char` refuses, sorted."""
+    return sorted({ch for ch in text if not is_text_char(ch)})
+
+
+def clean_text(text: str, replacement: str = "?") -> str:
+    """``text`` with every refused character replaced, so it fits a :class:`UnicodeText`."""
+    return "".join(ch if is_text_char(ch) else replacement for ch in text)
+
+
+class UnicodeText(spaces.Text):
+    """A ``gymnasium.spaces.Text`` whose members are any Unicode text but control characters.
+
+    Gymnasium's Text space checks membership against a finite charset, which
+    cannot hold "any character an LLM may write". Here :meth:`contains` uses
+    :func:`is_text_char` instead (newline and tab allowed, other control
+    characters and lone surrogates refused), with the usual length bounds.
+    :meth:`sample` draws from a finite, documented subset: printable ASCII
+    plus a few common non-ASCII symbols (:data:`SAMPLE_CHARS`), so samples are
+    members and show that non-ASCII text is accepted. The space is not
+    flattenable to a fixed-size array (there is no finite character index).
+    """
+
+    #: What :meth:`sample` draws characters from.
+    SAMPLE_CHARS = (
+        string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
+        + "×÷−–—éüñ…→≤≥√π°"
+    )
+
+    def __init__(
+        self, max_length: int, *, min_length: int = 1, seed: int | np.random.Generator | None = None
+    ) -> None:
+        super().__init__(max_length, min_length=min_length, charset=self.SAMPLE_CHARS, seed=seed)
+
+    def contains(self, x: Any) -> bool:
+        return (
+            isinstance(x, str)
+            and self.min_length <= len(x) <= self.max_length
+            and all(is_text_char(ch) for ch in x)
+        )
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"UnicodeText({self.min_length}, {self.max_length}, no control chars but \\n \\t)"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, UnicodeText)
+            and self.min_length == other.min_length
+            and self.max_length == other.max_length
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class TeacherEnv(gym.Env):
@@ -185,7 +260,9 @@ class TeacherEnv(gym.Env):
         nothing, and a count plan's dropped examples are made again (see
         :meth:`_generate`); ``info["examples_by_skill"]`` shows, per skill,
         what was made, accepted and rejected and why, so a teacher sees exactly
-        what it paid for.
+        what it paid for. A generator with ``take_stats()`` (the ``llm``
+        generator) reports its counters for the step, LLM requests, cache hits,
+        failures and tokens, in ``info["llm"]["generator"]``.
         """
         if not self._started:
             raise RuntimeError("call reset() before step()")
@@ -204,6 +281,10 @@ class TeacherEnv(gym.Env):
         for counts in rejected_by_skill.values():
             rejected.update(counts)
         timings["generate"] = time.perf_counter() - t0
+        # An LLM generator's client counters (requests, cache hits, failures, tokens) for
+        # this step; any generator with ``take_stats`` reports, through a Ray proxy too.
+        take_stats = getattr(self.generator, "take_stats", None)
+        llm_stats = {"generator": take_stats()} if callable(take_stats) else None
 
         t0 = time.perf_counter()
         train_metrics = self.student.train(accepted) if accepted else {}
@@ -237,6 +318,8 @@ class TeacherEnv(gym.Env):
         )
         if isinstance(plan, Allocation):
             info["requested"] = dict(plan.counts)
+        if llm_stats is not None:
+            info["llm"] = llm_stats
         if terminated or truncated:
             self._done = True
             test_report, _ = self.evaluate("test")

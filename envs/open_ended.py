@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gymnasium import spaces
-
-from teachgym.envs.base import PRINTABLE, TeacherEnv
+from teachgym.envs.base import TeacherEnv, UnicodeText, bad_text_chars, clean_text
 from teachgym.types import TextPlan
 
 OBSERVATION_MAX_CHARS = 8192
@@ -28,12 +26,19 @@ class OpenEndedEnv(TeacherEnv):
 
     ## Action Space
 
-    ``Text(1..4000, charset=printable ASCII)``: the plan. A
+    :class:`~teachgym.envs.base.UnicodeText` of 1 to 4000 characters
+    (``PLAN_MAX_CHARS``, counted as Python ``str`` characters, i.e. code
+    points): the plan. Any Unicode text is accepted ("×", "–", "é", emoji)
+    except control characters; newline and tab are the only controls allowed
+    (``"\\r"``, NUL, escape, ... raise ``ValueError``). ``action_space.sample()``
+    draws from printable ASCII plus a few common symbols. A
     :class:`~teachgym.types.TextPlan` is accepted too.
 
     ## Observation Space
 
-    ``Text(0..8192, charset=printable ASCII)``:
+    :class:`~teachgym.envs.base.UnicodeText` of 0 to 8192 characters (the
+    same character rule as the action; any control character in an error's
+    prompt or answer is shown as ``?``, and the text is cut at the limit):
 
     | Part          | Content                                                   |
     |---------------|-----------------------------------------------------------|
@@ -86,10 +91,8 @@ class OpenEndedEnv(TeacherEnv):
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
-        self.action_space = spaces.Text(max_length=PLAN_MAX_CHARS, min_length=1, charset=PRINTABLE)
-        self.observation_space = spaces.Text(
-            max_length=OBSERVATION_MAX_CHARS, min_length=0, charset=PRINTABLE
-        )
+        self.action_space = UnicodeText(max_length=PLAN_MAX_CHARS, min_length=1)
+        self.observation_space = UnicodeText(max_length=OBSERVATION_MAX_CHARS, min_length=0)
 
     def _read_action(self, action: Any) -> TextPlan:
         if isinstance(action, TextPlan):
@@ -102,9 +105,12 @@ class OpenEndedEnv(TeacherEnv):
             raise ValueError("the plan is empty")
         if len(text) > PLAN_MAX_CHARS:
             raise ValueError(f"the plan has {len(text)} characters; the limit is {PLAN_MAX_CHARS}")
-        bad = sorted(set(text) - PRINTABLE)
+        bad = bad_text_chars(text)
         if bad:
-            raise ValueError(f"the plan has non-printable characters {bad}")
+            raise ValueError(
+                f"the plan has non-printable (control) characters {bad}; only newline and tab "
+                f"are allowed"
+            )
         return TextPlan(text=text)
 
     def _observation(self) -> str:
@@ -120,5 +126,4 @@ class OpenEndedEnv(TeacherEnv):
             for e in report.errors
         ]
         text = "\n".join(lines)
-        text = "".join(ch if ch in PRINTABLE else "?" for ch in text)
-        return text[:OBSERVATION_MAX_CHARS]
+        return clean_text(text)[:OBSERVATION_MAX_CHARS]

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import ValidationError
 
-from teachgym.envs.base import PRINTABLE, TeacherEnv
+from teachgym.envs.base import TeacherEnv, UnicodeText
 from teachgym.envs.skills import SkillTree
 from teachgym.types import Allocation, TreeAction
 
@@ -83,7 +83,11 @@ class SkillTreeEnv(TeacherEnv):
     :class:`TreeActionSpace`: a :class:`~teachgym.types.TreeAction`, or a dict
     of its fields. Allocation keys are leaf paths, or names relative to
     ``skill``. Unknown nodes, non-leaf targets or names that exist already
-    raise ``ValueError`` and leave the env unchanged.
+    raise ``ValueError`` and leave the env unchanged. The action has no
+    free-text part: a new subskill name is one path segment of ASCII letters,
+    digits, ``_``, ``.`` or ``-`` (skill paths are identifiers in logs and
+    configs), so a teacher that reads names from an LLM must slug them first
+    (the ``llm`` teacher does).
 
     ## Observation Space
 
@@ -91,7 +95,7 @@ class SkillTreeEnv(TeacherEnv):
 
     | Key           | Space                  | Meaning                                        |
     |---------------|------------------------|------------------------------------------------|
-    | `tree`        | Text(printable, 16384) | one line per node: path, val accuracy, count,   |
+    | `tree`        | UnicodeText(0..16384)  | one line per node: path, val accuracy, count,   |
     |               |                        | standing allocation                             |
     | `budget_left` | Box(0, budget, (1,))   | examples the student may still train on         |
 
@@ -154,9 +158,7 @@ class SkillTreeEnv(TeacherEnv):
         self.action_space = TreeActionSpace(lambda: self.tree, self.config.examples_per_step)
         self.observation_space = spaces.Dict(
             {
-                "tree": spaces.Text(
-                    max_length=OBSERVATION_MAX_CHARS, min_length=0, charset=PRINTABLE
-                ),
+                "tree": UnicodeText(max_length=OBSERVATION_MAX_CHARS, min_length=0),
                 "budget_left": spaces.Box(
                     0.0, float(self.config.budget), shape=(1,), dtype=np.float32
                 ),

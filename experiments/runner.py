@@ -117,6 +117,8 @@ def _step_row(
         "terminated": terminated,
         "truncated": truncated,
     }
+    if info.get("llm"):
+        row["llm"] = dict(info["llm"])
     if "test_accuracy" in info:
         row["test_accuracy"] = info["test_accuracy"]
         row["test_skills"] = {s: v["accuracy"] for s, v in info["test_report"].items()}
@@ -145,6 +147,10 @@ class RunRecorder(Callback):
             transition.truncated,
             self.rows[-1]["examples_total"] + info["examples_accepted"],
         )
+        # An LLM teacher's requests, tokens and fallbacks for the act behind this step.
+        teacher_stats = getattr(teacher, "last_stats", None)
+        if teacher_stats:
+            row["llm"] = {**row.get("llm", {}), "teacher": teacher_stats}
         self.rows.append(row)
         core = env.unwrapped
         step = info["step"]

@@ -29,16 +29,24 @@ _BUILTIN: dict[str, dict[str, str]] = {
     "student": {
         "tiny": "teachgym.students.tiny:tiny_student_for_task",
         "hf": "teachgym.students.hf:hf_student_from_pretrained",
+        "smollm2": "teachgym.students.smollm2:smollm2_student",
     },
     "generator": {
         "procedural": "teachgym.agents.generators.procedural:ProceduralGenerator",
+        "llm": "teachgym.agents.generators.llm:LLMGenerator",
     },
+    # Each teacher name is a factory that builds the class for the env it is
+    # given (agents/policies/dispatch.py): ``uniform``, ``random`` and ``llm``
+    # act on all three envs, the others on one and say which otherwise.
     "teacher": {
-        "random": "teachgym.agents.policies.baselines:RandomTeacher",
-        "uniform": "teachgym.agents.policies.baselines:UniformTeacher",
-        "weakest": "teachgym.agents.policies.baselines:WeakestTeacher",
-        "learning_progress": "teachgym.agents.policies.learning_progress:LearningProgressTeacher",
-        "curriculum": "teachgym.agents.policies.curriculum:CurriculumTeacher",
+        "random": "teachgym.agents.policies.dispatch:random_teacher",
+        "uniform": "teachgym.agents.policies.dispatch:uniform_teacher",
+        "weakest": "teachgym.agents.policies.dispatch:weakest_teacher",
+        "learning_progress": "teachgym.agents.policies.dispatch:learning_progress_teacher",
+        "curriculum": "teachgym.agents.policies.dispatch:curriculum_teacher",
+        "llm": "teachgym.agents.policies.dispatch:llm_teacher",
+        "text_focus": "teachgym.agents.policies.dispatch:text_focus_teacher",
+        "tree_weakest": "teachgym.agents.policies.dispatch:tree_weakest_teacher",
     },
 }
 

@@ -46,7 +46,13 @@ class GeneratorWorker:
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
             "name": getattr(self.generator, "name", type(self.generator).__name__),
+            "has_take_stats": callable(getattr(self.generator, "take_stats", None)),
         }
+
+    def take_stats(self) -> dict[str, Any] | None:
+        """The generator's per-step counters (an LLM generator's client stats), if it keeps any."""
+        take = getattr(self.generator, "take_stats", None)
+        return take() if callable(take) else None
 
     def generate(
         self, plan: Plan, context: GenerationContext
@@ -66,6 +72,13 @@ class GeneratorProxy:
         self.actor = actor
         self.worker_info = ray.get(actor.ready.remote())
         self.name = str(self.worker_info["name"])
+        if self.worker_info.get("has_take_stats"):
+            # Only then: the env looks for ``take_stats`` to decide whether to report stats.
+            self.take_stats = self._take_stats
+
+    def _take_stats(self) -> dict[str, Any]:
+        """The remote generator's ``take_stats()`` (the counters live in the actor)."""
+        return dict(self._ray.get(self.actor.take_stats.remote()) or {})
 
     def generate(
         self, plan: Plan, context: GenerationContext

@@ -15,6 +15,7 @@ decontamination filter drops generated examples that hit it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -155,6 +156,34 @@ def _result(op: str, x: int, y: int) -> str:
     return "<" if x < y else ">" if x > y else "="
 
 
+#: A prompt as a family writes it: operand, operator, operand, ``=``.
+_PROMPT = re.compile(r"(\d+)([-+*?])(\d+)=")
+
+
+def _family_of(op: str, x: int, y: int) -> str | None:
+    """The family of :data:`FAMILIES` whose sampler can draw ``x op y``, or ``None``.
+
+    Mirrors the samplers: additions and subtractions have two operands of the
+    same length (2 to 4 digits, no leading zero) and are split by whether a
+    carry or borrow occurs; subtraction never goes below zero; multiplication
+    is a 2- or 3-digit number times 2..9; comparison is two 3-digit numbers.
+    """
+    dx, dy = len(str(x)), len(str(y))
+    if op == "?":
+        return "cmp/3d" if dx == dy == 3 else None
+    if op == "*":
+        return f"mul/{dx}x1" if dx in (2, 3) and 2 <= y <= 9 else None
+    if dx != dy or dx not in (2, 3, 4):
+        return None
+    size = "" if dx == 2 else f"_{dx}d"
+    xs, ys = np.array([x]), np.array([y])
+    if op == "+":
+        return f"add/{'carry' if _has_carry(xs, ys)[0] else 'no_carry'}{size}"
+    if x < y:
+        return None
+    return f"sub/{'borrow' if _has_borrow(xs, ys)[0] else 'no_borrow'}{size}"
+
+
 DEFAULT_SKILLS = (
     "add/no_carry",
     "add/carry",
@@ -291,6 +320,91 @@ class ArithmeticTask:
 
     def score(self, problem: Problem, output: str) -> bool:
         return output.strip() == problem.answer
+
+    def _parse(self, prompt: str) -> tuple[int, str, int] | None:
+        """``(x, op, y)`` of a prompt written exactly as this task writes prompts, else None.
+
+        Exactly: no spaces, ``*`` not ``×``, and operands zero-padded to the
+        task's width when ``pad_operands`` is on and without leading zeros
+        when it is off; a prompt in another format would teach the student a
+        format it is never tested on.
+        """
+        m = _PROMPT.fullmatch(prompt.strip())
+        if m is None:
+            return None
+        a, op, b = m.groups()
+        for operand in (a, b):
+            if self._width:
+                if len(operand) != self._width:
+                    return None
+            elif operand != str(int(operand)):
+                return None
+        return int(a), op, int(b)
+
+    def check(self, prompt: str, answer: str) -> bool | None:
+        """Is ``answer`` this task's answer to ``prompt``? ``None``: not a prompt it can read.
+
+        Recomputes the result and writes it as the task does (least
+        significant digit first under ``answer_order="lsd_first"``), so an
+        answer in the wrong digit order is wrong. A subtraction below zero is
+        not readable (``None``): no family makes one, and the task has no
+        written form for a negative answer. Used by the ``llm`` generator to
+        drop wrong examples before the student trains on them.
+
+        >>> task = ArithmeticTask(skills=["add/carry"], val_per_skill=1, test_per_skill=1)
+        >>> task.check("457+168=", "526"), task.check("457+168=", "625"), task.check("4+", "8")
+        (True, False, None)
+        """
+        parsed = self._parse(prompt)
+        if parsed is None:
+            return None
+        x, op, y = parsed
+        if op == "-" and x < y:
+            return None
+        result = _result(op, x, y)
+        expected = result[::-1] if self.answer_order == "lsd_first" else result
+        return answer.strip() == expected
+
+    def skill_of(self, prompt: str) -> str | None:
+        """The family (a key of :data:`FAMILIES`) whose sampler can draw ``prompt``.
+
+        ``None`` when the prompt is not in this task's format or fits no
+        family. The family may be one this task instance did not choose.
+
+        >>> task = ArithmeticTask(skills=["add/carry"], val_per_skill=1, test_per_skill=1)
+        >>> task.skill_of("47+85="), task.skill_of("41+35="), task.skill_of("3-5=")
+        ('add/carry', 'add/no_carry', None)
+        """
+        parsed = self._parse(prompt)
+        return None if parsed is None else _family_of(parsed[1], parsed[0], parsed[2])
+
+    def format_description(self, skill: str) -> str:
+        """How this task writes ``skill``'s prompts and answers, in words (no evaluation item)."""
+        op = FAMILIES[skill][0] if skill in FAMILIES else None
+        lines = [
+            "A prompt is two whole numbers joined by one operator and ending with '=', "
+            "with no spaces: '+' adds, '-' subtracts (never below zero), '*' multiplies, "
+            "'?' compares.",
+        ]
+        if self._width:
+            lines.append(
+                f"Every operand is written with exactly {self._width} digits, "
+                "padded with leading zeros."
+            )
+        else:
+            lines.append("Operands are written without leading zeros.")
+        if op != "?":
+            if self.answer_order == "lsd_first":
+                lines.append(
+                    "A numeric answer is written with its digits REVERSED, least significant "
+                    "digit first: the answer to 457+168= (625) is written 526, and to 50+50= "
+                    "(100) is written 001."
+                )
+            else:
+                lines.append("A numeric answer is written as usual, most significant digit first.")
+        if op in (None, "?"):
+            lines.append("A comparison's answer is one of '<', '>' or '='.")
+        return " ".join(lines)
 
     def sample(self, skill: str, n: int, rng: np.random.Generator) -> list[Problem]:
         """``n`` fresh training problems of ``skill`` (may repeat evaluation items;

@@ -19,6 +19,28 @@ class Task(Protocol):
 
     ``problems("val")`` is what the teacher is shown every step;
     ``problems("test")`` is reported only at the end of an episode.
+
+    Optional methods, looked up with ``getattr`` by the components that use
+    them (a task without them still satisfies the protocol):
+
+    - ``check(prompt: str, answer: str) -> bool | None``: is ``answer`` the
+      right answer to ``prompt``, written the way this task writes answers?
+      ``None`` means the task cannot read the prompt (not written the way the
+      task writes its prompts, or outside what the task can answer). The
+      ``llm`` generator drops an example whose answer is wrong as
+      ``rejected["wrong_answer"]`` and one whose prompt the task cannot read
+      as ``rejected["unparseable_prompt"]``, so a wrong generated example is
+      never trained on. A task that can verify nothing leaves ``check`` out,
+      and the ``llm`` generator then keeps examples unverified (it counts
+      them in its stats as ``unverified``).
+    - ``skill_of(prompt: str) -> str | None``: the leaf skill a prompt
+      belongs to, or ``None`` when the task cannot tell. The ``llm``
+      generator drops an example labelled with a skill its prompt does not
+      belong to as ``rejected["wrong_skill"]`` (a mislabelled example would
+      teach the teacher the wrong lesson about what helps which skill).
+    - ``format_description(skill: str) -> str``: how this task writes a
+      prompt and its answer, in words, for a generator that cannot show
+      sampled problems (a task without ``sample``). Never an evaluation item.
     """
 
     name: str

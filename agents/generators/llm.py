@@ -1,0 +1,519 @@
+"""The ``llm`` generator: an LLM writes the examples, the task's checker keeps the right ones.
+
+It serves tasks that have no sampler, or data a sampler cannot make (problems
+aimed at a student's errors, skills a SkillTree teacher invented), at the
+price of data quality: an LLM's answers can be wrong, its prompts can drift
+from the task's format, its labels can be off. So every generated example
+passes the task's own optional checks before the env sees it (``check``:
+is the answer right; ``skill_of``: is it the skill it claims; see
+:class:`~teachgym.envs.tasks.base.Task`), and everything dropped is counted
+under a reason in ``rejected``, including whole requests the LLM client gave
+up on (``llm_<reason>``, once per example the request asked for): a step
+that made less data than asked always says why.
+
+Requests are deterministic: the sampling seed is derived from the generator
+seed, the step, the generation round, the step's random generator and the
+request's index, and the messages from the plan, the task and the student's
+report; so a rerun with the client's ``cache_dir`` sends no request at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from teachgym.agents.generators.base import GenerationContext, Plan
+from teachgym.agents.generators.procedural import parse_text_plan, source_skills
+from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
+from teachgym.types import (
+    Allocation,
+    ErrorCase,
+    Example,
+    Problem,
+    Provenance,
+    TextPlan,
+    TreeAction,
+    normalize_prompt,
+)
+
+__all__ = ["DEFAULT_PROMPT_FILE", "LLMGenerator", "batch_model"]
+
+#: The prompt used unless ``prompt_file`` names another (same sections, same placeholders).
+DEFAULT_PROMPT_FILE = Path(__file__).resolve().parent.parent / "prompts" / "generator.txt"
+
+#: Bounds of one generated example. The client refuses unbounded schemas: a
+#: grammar-constrained model would otherwise write one string until max_tokens.
+MAX_PROMPT_CHARS = 400
+MAX_ANSWER_CHARS = 200
+MAX_SKILL_CHARS = 100
+
+_SECTIONS = ("system", "skill", "text")
+_PLACEHOLDERS = ("n", "skill", "format", "examples", "errors", "plan", "skills")
+
+#: Used for ``$format`` when the task has no ``format_description``.
+GENERIC_FORMAT = (
+    "Write each prompt exactly as the student will see it and each answer exactly as "
+    "the student must write it, in the format of the problems shown."
+)
+
+
+class _Item(BaseModel):
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    answer: str = Field(max_length=MAX_ANSWER_CHARS)
+
+
+class _LabelledItem(BaseModel):
+    skill: str = Field(max_length=MAX_SKILL_CHARS)
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    answer: str = Field(max_length=MAX_ANSWER_CHARS)
+
+
+@cache
+def batch_model(n: int, labelled: bool = False) -> type[BaseModel]:
+    """The reply model of a request for ``n`` examples: ``{examples: [...]}`` of at most ``n``.
+
+    One class per ``(n, labelled)``, made once, so its JSON schema (part of the
+    client's cache key) is the same in every run. Empty strings are allowed by
+    the schema and dropped per example (``empty_example``): one blank item must
+    not fail, and so resend, a whole batch.
+    """
+    item = _LabelledItem if labelled else _Item
+    name = f"{'Labelled' if labelled else ''}Examples{n}"
+    return create_model(name, examples=(list[item], Field(max_length=n)))  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request: ``n`` examples of ``skill`` (``None``: a text plan's, labelled by the LLM)."""
+
+    skill: str | None
+    n: int
+
+
+def load_prompts(path: str | Path) -> dict[str, string.Template]:
+    """The three templates of a prompt file; errors name the file and what is wrong.
+
+    Checked at construction (every section present, no unknown placeholder), so
+    a typo in a custom prompt fails before any request is paid for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt_file {str(path)!r} does not exist")
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") and current is None:
+            continue
+        if stripped.startswith("[") and stripped.endswith("]") and stripped[1:-1] in _SECTIONS:
+            current = sections.setdefault(stripped[1:-1], [])
+        elif current is not None:
+            current.append(line)
+    missing = [s for s in _SECTIONS if s not in sections]
+    if missing:
+        raise ValueError(f"prompt_file {str(path)!r} has no [{missing[0]}] section")
+    templates = {k: string.Template("\n".join(v).strip()) for k, v in sections.items()}
+    dummy = dict.fromkeys(_PLACEHOLDERS, "x")
+    for name, template in templates.items():
+        try:
+            template.substitute(dummy)
+        except KeyError as err:
+            raise ValueError(
+                f"prompt_file {str(path)!r} [{name}]: unknown placeholder ${err.args[0]}; "
+                f"known: {', '.join('$' + p for p in _PLACEHOLDERS)}"
+            ) from None
+        except ValueError as err:
+            raise ValueError(f"prompt_file {str(path)!r} [{name}]: {err}") from None
+    return templates
+
+
+class LLMGenerator:
+    """Makes examples by asking an LLM, checked by the task before the env sees them.
+
+    Count plans (``Allocation``, ``TreeAction``): per skill,
+    ``ceil(n / examples_per_request)`` requests, each for at most
+    ``examples_per_request`` new problems of that skill. A request shows the
+    skill's name, the task's format (``task.format_description(skill)`` when
+    it has one), a few freshly sampled problems of that skill when the task
+    can sample (``task.sample``; never an evaluation item: anything in
+    ``context.exclude`` is skipped) and the student's validation errors for
+    that skill from ``context.report`` (the same errors the teacher sees;
+    copies of them are dropped as ``excluded``). A free-text plan
+    (``TextPlan``) is the instructions; the reply labels each example with a
+    skill, and a label that is not one of ``context.skills`` (by full path or
+    unique last segment) is dropped as ``unknown_skill``. A text plan asks
+    for the counts it states (read as the ``procedural`` generator reads
+    them), or for ``context.max_examples`` when it states none.
+
+    No plan makes it request more than ``context.max_examples`` examples, or
+    more than ``max_requests_per_step`` requests in a step (all the env's
+    generation rounds together; what that cuts is ``rejected["request_limit"]``).
+
+    Every example the LLM returns is kept only if it is non-empty, the task's
+    ``check`` says its answer is right (else ``wrong_answer``, or
+    ``unparseable_prompt`` when the task cannot read the prompt), the task's
+    ``skill_of`` agrees with its label (else ``wrong_skill``), and its prompt
+    is not in ``context.exclude`` (``excluded``) or already made this call
+    (``duplicate``). A request that failed counts ``llm_<reason>`` per example
+    it asked for; a reply with fewer examples than asked counts the rest as
+    ``short_reply``.
+
+    Args:
+        task: the task (its optional ``sample``, ``check``, ``skill_of``,
+            ``format_description`` are used when present).
+        seed: mixed into every request's sampling seed.
+        llm: the client: an :class:`~teachgym.agents.llm.LLMClient`, or its
+            config mapping for :func:`~teachgym.agents.llm.make_client`
+            (``{backend, model, base_url, cache_dir, ...}``). Required.
+        examples_per_request: the most examples one request asks for (the
+            reply schema's ``maxItems``).
+        prompt_file: a prompt file like ``agents/prompts/generator.txt``.
+        temperature, top_p, max_tokens: sampling of every request.
+        max_requests_per_step: the most requests a step sends; ``None``: no
+            limit but the one ``max_examples`` implies.
+        format_examples: sampled problems shown per request.
+        errors_shown: student errors shown per request at most.
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        task: Any,
+        seed: int = 0,
+        llm: LLMClient | Mapping[str, Any] | None = None,
+        examples_per_request: int = 10,
+        prompt_file: str | Path | None = None,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        max_tokens: int = 2048,
+        max_requests_per_step: int | None = None,
+        format_examples: int = 3,
+        errors_shown: int = 5,
+    ) -> None:
+        if llm is None:
+            raise ValueError(
+                "the llm generator needs an LLM client: generator_kwargs.llm = "
+                "{backend: openai, model: ..., base_url: ...} or an LLMClient"
+            )
+        if not isinstance(examples_per_request, int) or not 1 <= examples_per_request <= 200:
+            raise ValueError(f"examples_per_request must be 1..200, got {examples_per_request!r}")
+        if max_requests_per_step is not None and (
+            not isinstance(max_requests_per_step, int) or max_requests_per_step < 1
+        ):
+            raise ValueError(
+                f"max_requests_per_step must be an integer >= 1 or null, got "
+                f"{max_requests_per_step!r}"
+            )
+        if not 0.0 <= temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {temperature!r}")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        if format_examples < 0 or errors_shown < 0:
+            raise ValueError("format_examples and errors_shown must be >= 0")
+        self.task = task
+        self.seed = int(seed)
+        self.examples_per_request = examples_per_request
+        self.prompts = load_prompts(prompt_file or DEFAULT_PROMPT_FILE)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.max_tokens = max_tokens
+        self.max_requests_per_step = max_requests_per_step
+        self.format_examples = int(format_examples)
+        self.errors_shown = int(errors_shown)
+        self.client: LLMClient = make_client(llm)
+        self.model = str(getattr(getattr(self.client, "backend", None), "model", "") or "") or None
+        self._step_key: tuple[int, int] | None = None
+        self._requests_this_step = 0
+        self._unverified = 0
+
+    # -- the Generator protocol ----------------------------------------------
+    def generate(
+        self, plan: Plan, context: GenerationContext
+    ) -> tuple[list[Example], Mapping[str, int]]:
+        rejected: Counter[str] = Counter()
+        jobs = self._jobs(plan, context, rejected)
+        jobs = self._limit(jobs, context, rejected)
+        if not jobs:
+            return [], dict(rejected)
+        base = int(context.rng.integers(2**31 - 1))
+        text = plan.text if isinstance(plan, TextPlan) else ""
+        requests = [self._request(job, i, base, text, context) for i, job in enumerate(jobs)]
+        replies = self.client.complete(requests)
+        out: list[Example] = []
+        seen: set[str] = set()
+        for job, request, reply in zip(jobs, requests, replies, strict=True):
+            if not reply.ok or reply.parsed is None:
+                rejected[f"llm_{reply.error or 'no_reply'}"] += job.n
+                continue
+            items = list(reply.parsed.examples)  # type: ignore[attr-defined]
+            if len(items) < job.n:
+                rejected["short_reply"] += job.n - len(items)
+            source = Provenance(generator=self.name, model=self.model, seed=request.sampling.seed)
+            for item in items[: job.n]:
+                example = self._keep(item, job, context, seen, source, rejected)
+                if example is not None:
+                    out.append(example)
+        cap = max(0, context.max_examples)
+        if len(out) > cap:  # cannot happen with maxItems honoured; kept as the protocol's rule
+            rejected["over_budget"] += len(out) - cap
+            out = out[:cap]
+        return out, dict(rejected)
+
+    def take_stats(self) -> dict[str, Any]:
+        """The client's counters since the last call (requests, cached, ok, failed and
+        retried by reason, tokens), plus ``unverified``: examples kept that the task
+        could not check (it has no ``check``). The env puts this in
+        ``info["llm"]["generator"]`` after every step."""
+        stats = dict(self.client.take_stats())
+        stats["unverified"], self._unverified = self._unverified, 0
+        return stats
+
+    # -- planning ------------------------------------------------------------
+    def _jobs(self, plan: Plan, context: GenerationContext, rejected: Counter[str]) -> list[_Job]:
+        """The requests a plan calls for, never more examples in all than ``max_examples``.
+
+        Skills take turns (one request each, round robin), so a request limit
+        cuts every skill a little instead of the last skills entirely.
+        """
+        cap = max(0, context.max_examples)
+        per = self.examples_per_request
+        if isinstance(plan, TextPlan):
+            stated = parse_text_plan(plan.text, list(context.skills)).total
+            n = min(stated, cap) if stated > 0 else cap
+            return [_Job(None, min(per, n - i)) for i in range(0, n, per)]
+        if isinstance(plan, TreeAction):
+            alloc = Allocation(counts=dict(plan.allocation))
+        elif isinstance(plan, Allocation):
+            alloc = plan
+        else:
+            raise TypeError(f"unsupported plan type {type(plan).__name__}")
+        queues: list[list[_Job]] = []
+        for skill, n in alloc.clamped(cap).counts.items():
+            if n > 0:
+                queues.append([_Job(skill, min(per, n - i)) for i in range(0, n, per)])
+        jobs: list[_Job] = []
+        for turn in range(max((len(q) for q in queues), default=0)):
+            jobs.extend(q[turn] for q in queues if turn < len(q))
+        return jobs
+
+    def _limit(
+        self, jobs: list[_Job], context: GenerationContext, rejected: Counter[str]
+    ) -> list[_Job]:
+        """Cut ``jobs`` to what ``max_requests_per_step`` leaves for this step.
+
+        A step is all generation rounds the env runs at one step number; the
+        count restarts at round 0 (a new step, or a new episode).
+        """
+        key = (context.step, int(context.extra.get("round", 0)))
+        if self._step_key is None or key[1] == 0 or key[0] != self._step_key[0]:
+            self._requests_this_step = 0
+        self._step_key = key
+        if self.max_requests_per_step is not None:
+            room = max(0, self.max_requests_per_step - self._requests_this_step)
+            if len(jobs) > room:
+                rejected["request_limit"] += sum(j.n for j in jobs[room:])
+                jobs = jobs[:room]
+        self._requests_this_step += len(jobs)
+        return jobs
+
+    # -- requests ------------------------------------------------------------
+    def _seed(self, step: int, round_index: int, base: int, index: int) -> int:
+        """A request's sampling seed: stable across processes (no ``hash()``), so reruns hit
+        the cache; distinct per request, so two requests of one skill get different data."""
+        text = f"{self.seed}/{step}/{round_index}/{base}/{index}"
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1
+
+    def _request(
+        self, job: _Job, index: int, base: int, plan_text: str, context: GenerationContext
+    ) -> LLMRequest:
+        round_index = int(context.extra.get("round", 0))
+        if job.skill is None:
+            skills = list(context.skills)
+            user = self.prompts["text"].substitute(
+                n=job.n,
+                skill="",
+                plan=plan_text,
+                skills=", ".join(skills),
+                format=self._format(skills[0] if len(skills) == 1 else None),
+                examples=self._examples(skills, context, labelled=True),
+                errors=self._errors(None, context),
+            )
+        else:
+            user = self.prompts["skill"].substitute(
+                n=job.n,
+                skill=job.skill,
+                plan="",
+                skills=job.skill,
+                format=self._format(job.skill),
+                examples=self._examples([job.skill], context, labelled=False),
+                errors=self._errors(job.skill, context),
+            )
+        system = self.prompts["system"].substitute(dict.fromkeys(_PLACEHOLDERS, ""))
+        return LLMRequest(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            response_model=batch_model(job.n, labelled=job.skill is None),
+            sampling=Sampling(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_tokens=self.max_tokens,
+                seed=self._seed(context.step, round_index, base, index),
+            ),
+        )
+
+    def _known(self, context: GenerationContext) -> list[str]:
+        """The skills the task can sample: its leaves (or, lacking the attribute, the plan's)."""
+        return list(getattr(self.task, "leaf_skills", None) or context.skills)
+
+    def _format(self, skill: str | None) -> str:
+        describe = getattr(self.task, "format_description", None)
+        if not callable(describe):
+            return GENERIC_FORMAT
+        if skill is not None:
+            sources, _ = source_skills(skill, list(getattr(self.task, "leaf_skills", None) or []))
+            if sources:
+                return str(describe(sources[0]))
+        return str(describe(skill or ""))
+
+    def _examples(self, skills: Sequence[str], context: GenerationContext, labelled: bool) -> str:
+        """A few fresh problems in the task's format, as JSON lines; never an evaluation item.
+
+        Drawn from ``task.sample`` (a procedural task) for the skill, or for
+        the task skills that serve it (:func:`source_skills`); ``(none)`` when
+        the task cannot sample, and the format description must do.
+        """
+        sample = getattr(self.task, "sample", None)
+        if not callable(sample) or self.format_examples == 0:
+            return "(none)"
+        known = self._known(context)
+        pairs: list[tuple[str, str]] = []  # (label, source leaf)
+        for skill in skills:
+            sources, keep = source_skills(skill, known)
+            pairs += [(skill if keep else leaf, leaf) for leaf in sources]
+        if not pairs:
+            return "(none)"
+        lines: list[str] = []
+        shown: set[str] = set()
+        for j in range(max(self.format_examples, len(skills) if labelled else 0)):
+            label, leaf = pairs[j % len(pairs)]
+            for problem in sample(leaf, 4, context.rng):
+                key = normalize_prompt(problem.prompt)
+                if key not in context.exclude and key not in shown:
+                    shown.add(key)
+                    lines.append(_example_line(problem, label if labelled else None))
+                    break
+        return "\n".join(lines) or "(none)"
+
+    def _errors(self, skill: str | None, context: GenerationContext) -> str:
+        report = context.report
+        if report is None or self.errors_shown == 0:
+            return "(none)"
+        errors = [e for e in report.errors if skill is None or _related(e.skill, skill)]
+        lines = [_error_line(e) for e in errors[: self.errors_shown]]
+        return "\n".join(lines) or "(none)"
+
+    # -- checking replies ----------------------------------------------------
+    def _label(self, raw: str, context: GenerationContext) -> str | None:
+        """A text plan example's skill: one of ``context.skills``, by path or unique tail."""
+        skills = list(context.skills)
+        name = raw.strip().lower()
+        exact = {s.lower(): s for s in skills}
+        if name in exact:
+            return exact[name]
+        tails = [s for s in skills if s.rsplit("/", 1)[-1].lower() == name]
+        return tails[0] if len(tails) == 1 else None
+
+    def _keep(
+        self,
+        item: Any,
+        job: _Job,
+        context: GenerationContext,
+        seen: set[str],
+        source: Provenance,
+        rejected: Counter[str],
+    ) -> Example | None:
+        """The example for one generated item, or ``None`` with its reason counted."""
+        prompt, answer = item.prompt.strip(), item.answer.strip()
+        if not prompt or not answer:
+            rejected["empty_example"] += 1
+            return None
+        skill = job.skill if job.skill is not None else self._label(item.skill, context)
+        if skill is None:
+            rejected["unknown_skill"] += 1
+            return None
+        check = getattr(self.task, "check", None)
+        if callable(check):
+            verdict = check(prompt, answer)
+            if verdict is None:
+                rejected["unparseable_prompt"] += 1
+                return None
+            if not verdict:
+                rejected["wrong_answer"] += 1
+                return None
+        else:
+            self._unverified += 1
+        skill_of = getattr(self.task, "skill_of", None)
+        if callable(skill_of):
+            family = skill_of(prompt)
+            if family is not None and not self._same_skill(family, skill):
+                rejected["wrong_skill"] += 1
+                return None
+        key = normalize_prompt(prompt)
+        if key in context.exclude:
+            rejected["excluded"] += 1
+            return None
+        if key in seen:
+            rejected["duplicate"] += 1
+            return None
+        try:
+            example = Example(prompt=prompt, completion=answer, skill=skill, source=source)
+        except ValidationError:
+            rejected["invalid_example"] += 1
+            return None
+        seen.add(key)
+        return example
+
+    def _same_skill(self, family: str, label: str) -> bool:
+        """Does a prompt of task skill ``family`` fit the label ``label``?
+
+        Yes when they are the same skill or one is under the other (``add``
+        covers ``add/carry``; an invented ``add/carry/three_carries`` is under
+        ``add/carry``). A label the task's tree does not know (invented by a
+        SkillTree teacher) only needs the same top-level skill, since what the
+        new subskill means is the teacher's call (``add/carry/three_carries``
+        may well be 3-digit additions, ``add/carry_3d`` to the task).
+        """
+        if _related(family, label):
+            return True
+        tree = getattr(self.task, "skills", None)
+        if tree is not None and label in tree:
+            return False
+        return family.split("/", 1)[0] == label.split("/", 1)[0]
+
+
+def _related(a: str, b: str) -> bool:
+    """Same skill, or one an ancestor of the other."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def _example_line(problem: Problem, label: str | None) -> str:
+    data = {"prompt": problem.prompt, "answer": problem.answer}
+    if label is not None:
+        data = {"skill": label, **data}
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _error_line(error: ErrorCase) -> str:
+    return (
+        f"{error.prompt}  student: {error.student_answer or '<empty>'}  "
+        f"correct: {error.gold_answer}  (skill {error.skill})"
+    )

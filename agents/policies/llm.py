@@ -1,0 +1,636 @@
+"""LLM teachers: DataEnvGym's three teacher agents, one per env.
+
+Each teacher renders a prompt template from what its env shows (accuracy,
+skills, the student's wrong answers), asks an LLM for a structured reply
+through :class:`~teachgym.agents.llm.LLMClient`, and turns the reply into a
+valid action:
+
+- :class:`LLMOpenEndedTeacher`: an error-conditioned text plan (``skill: count`` lines).
+- :class:`LLMSkillListTeacher`: a weight per skill -> the float32 action vector.
+- :class:`LLMSkillTreeTeacher`: explore (name subskills) or exploit (allocate leaves)
+  -> a :class:`~teachgym.types.TreeAction`.
+
+An LLM is an unreliable component, so a teacher never lets it end an
+episode: a failed request (after the client's retries) or a reply that
+cannot be made into an action becomes a documented default action, and is
+counted. ``teacher.last_stats`` holds the counts of the latest ``act``,
+``teacher.stats`` the totals (both JSON-safe; see :class:`LLMCaller`).
+
+All three take the same ``teacher_kwargs``: ``llm`` (a client spec mapping or
+an ``LLMClient``, required), ``prompt_file`` (replaces the packaged
+template), ``temperature``, ``max_tokens`` and ``max_errors_shown``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
+from teachgym.agents.policies.base import SkillListTeacher, check_number, to_action
+from teachgym.agents.policies.common import (
+    SeededTeacher,
+    TreeNode,
+    examples_per_step,
+    format_errors,
+    format_plan,
+    name_lookup,
+    parse_open_ended,
+    parse_tree,
+    split,
+)
+from teachgym.agents.policies.templates import PromptTemplate, load_template
+from teachgym.types import TreeAction
+
+#: The system message of every teacher request; the task itself is in the template.
+SYSTEM_PROMPT = (
+    "You are the teacher in a machine-teaching loop: a small student model learns only from "
+    "the training data your decisions produce, and is then tested. Reply with a single JSON "
+    "object that follows the requested format, and nothing else."
+)
+
+
+# -- reply models (every string and list bounded: the client refuses unbounded schemas) --
+class PlanReply(BaseModel):
+    """OpenEnded: the LLM's reading of the errors, and its plan."""
+
+    analysis: str = Field(max_length=2000)
+    plan: str = Field(max_length=4000)
+
+
+class SkillWeight(BaseModel):
+    skill: str = Field(max_length=200)
+    weight: float
+
+
+class WeightsReply(BaseModel):
+    """SkillList: a weight per skill; only the ratios matter."""
+
+    analysis: str = Field(max_length=2000)
+    weights: list[SkillWeight] = Field(max_length=256)
+
+
+class NamedCount(BaseModel):
+    name: str = Field(max_length=200)
+    count: int
+
+
+class TreeReply(BaseModel):
+    """SkillTree: explore (``new_subskills`` under ``skill``) or exploit (``allocation``)."""
+
+    analysis: str = Field(max_length=2000)
+    kind: Literal["explore", "exploit"]
+    skill: str = Field(max_length=200)
+    new_subskills: list[NamedCount] = Field(default_factory=list, max_length=8)
+    allocation: list[NamedCount] = Field(default_factory=list, max_length=256)
+
+
+# -- the call and its counts -------------------------------------------------
+_LLM_SUMS = ("requests", "cached", "ok", "prompt_tokens", "completion_tokens")
+
+
+class LLMCaller:
+    """One teacher's line to the LLM: template, seeded sampling, the call, the counts.
+
+    Counts, as ``last_stats`` (the latest act) and ``stats`` (totals):
+
+    - ``llm``: the client's ``take_stats()`` (requests, cached, ok, failed and
+      retried by reason, tokens). The teacher takes them right after its own
+      request, so share a client object with another component (a generator)
+      only if you do not need the two separated.
+    - ``fallback`` (last act: a reason or None) / ``fallbacks`` (totals by
+      reason): the act used the default action. ``llm_<reason>`` is a failed
+      request (``llm_timeout``, ``llm_schema``, ...); other reasons are
+      replies that could not be used (``empty_plan``, ``no_valid_weights``, ...).
+    - ``ignored``: reply items dropped from an otherwise usable reply
+      (``unknown_skill``, ``bad_weight``, ``bad_name``, ...).
+
+    Sampling is seeded per request from the teacher's seed and the number of
+    requests so far, which is saved, so a resumed run sends the same requests
+    and, with the client's cache, gets the same replies and actions.
+    """
+
+    def __init__(
+        self,
+        llm: LLMClient | Mapping[str, Any],
+        template: PromptTemplate,
+        reply_model: type[BaseModel],
+        *,
+        seed: int,
+        temperature: float,
+        max_tokens: int,
+    ) -> None:
+        self.client = make_client(llm)
+        self.template = template
+        self.reply_model = reply_model
+        self.seed = seed
+        self.temperature = check_number("temperature", temperature, low=0.0, high=2.0)
+        self.max_tokens = int(check_number("max_tokens", max_tokens, low=1, integer=True))
+        self.calls = 0
+        self.totals: dict[str, Any] = {k: 0 for k in _LLM_SUMS} | {"failed": {}, "retried": {}}
+        self.fallbacks: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.acts = 0
+        self.last_stats: dict[str, Any] = {}
+        self.last_prompt: str | None = None
+
+    def sampling(self) -> Sampling:
+        seed = int(np.random.SeedSequence([self.seed, self.calls]).generate_state(1)[0] >> 1)
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens, seed=seed)
+
+    def ask(self, values: Mapping[str, Any]) -> Any:
+        """The parsed reply, or None when the request failed (counted as a fallback)."""
+        self.acts += 1
+        self.last_prompt = self.template.render(values)
+        request = LLMRequest(
+            messages=[
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": self.last_prompt},
+            ],
+            response_model=self.reply_model,
+            sampling=self.sampling(),
+        )
+        self.calls += 1
+        (reply,) = self.client.complete([request])
+        llm = self.client.take_stats()
+        self._add(llm)
+        self.last_stats = {"llm": llm, "fallback": None, "ignored": {}}
+        if not reply.ok or reply.parsed is None:
+            self.fall_back(f"llm_{reply.error or 'no_reply'}")
+            return None
+        return reply.parsed
+
+    def fall_back(self, reason: str) -> None:
+        self.fallbacks[reason] += 1
+        self.last_stats["fallback"] = reason
+
+    def ignore(self, counts: Mapping[str, int]) -> None:
+        for reason, n in counts.items():
+            if n:
+                self.ignored[reason] += n
+                self.last_stats["ignored"][reason] = self.last_stats["ignored"].get(reason, 0) + n
+
+    def _add(self, llm: Mapping[str, Any]) -> None:
+        for key in _LLM_SUMS:
+            self.totals[key] += int(llm.get(key, 0))
+        for key in ("failed", "retried"):
+            merged = Counter(self.totals[key])
+            merged.update(llm.get(key, {}))
+            self.totals[key] = dict(sorted(merged.items()))
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {
+            "acts": self.acts,
+            "fallbacks": dict(sorted(self.fallbacks.items())),
+            "ignored": dict(sorted(self.ignored.items())),
+            "llm": dict(self.totals),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, **self.stats}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.calls = int(state["calls"])
+        self.acts = int(state.get("acts", 0))
+        self.fallbacks = Counter(state.get("fallbacks", {}))
+        self.ignored = Counter(state.get("ignored", {}))
+        self.totals = {k: 0 for k in _LLM_SUMS} | {"failed": {}, "retried": {}}
+        self.totals.update(state.get("llm", {}))
+
+
+class _LLMTeacher:
+    """What every LLM teacher adds to its base: the caller, its options and its counts."""
+
+    template_name: str
+    variables: tuple[str, ...]
+    reply_model: type[BaseModel]
+    caller: LLMCaller
+
+    def _setup_llm(
+        self,
+        seed: int,
+        llm: LLMClient | Mapping[str, Any] | None,
+        prompt_file: str | Path | None,
+        temperature: float,
+        max_tokens: int,
+        max_errors_shown: int,
+    ) -> None:
+        if llm is None:
+            raise ValueError(
+                f"{type(self).__name__} needs teacher_kwargs.llm: a client spec such as "
+                "{backend: openai, model: ..., base_url: ...} or an LLMClient"
+            )
+        self.max_errors_shown = int(
+            check_number("max_errors_shown", max_errors_shown, low=0, integer=True)
+        )
+        template = load_template(self.template_name, prompt_file, self.variables)
+        self.caller = LLMCaller(
+            llm,
+            template,
+            self.reply_model,
+            seed=seed,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+
+    @property
+    def last_stats(self) -> dict[str, Any]:
+        """Counts of the latest ``act``: ``{"llm", "fallback", "ignored"}`` (see LLMCaller)."""
+        return self.caller.last_stats
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Totals since the teacher was built (kept across resume)."""
+        return self.caller.stats
+
+    @property
+    def last_prompt(self) -> str | None:
+        return self.caller.last_prompt
+
+
+def _bullets(items: Sequence[str], empty: str = "(none)") -> str:
+    return "\n".join(f"- {item}" for item in items) if items else empty
+
+
+# -- OpenEnded ---------------------------------------------------------------
+class LLMOpenEndedTeacher(_LLMTeacher, SeededTeacher):
+    """Reads the OpenEnded observation (accuracy, skill names, errors) and writes a text plan.
+
+    The packaged prompt (``prompts/openended.txt``) asks for ``skill: count``
+    lines, the format the procedural generator reads. The plan is cleaned to
+    fit the action space (line breaks normalised, control characters dropped,
+    cut at the space's length limit at a line break). Default action on a
+    failed request or an empty plan: the previous plan, or on the first step
+    an even ``skill: count`` plan. A plan that names none of the listed skills
+    is still sent (an LLM generator may read prose) but counted as
+    ``ignored["no_skill_named"]``.
+
+    Template variables: ``$observation`` (the whole text), ``$step``,
+    ``$accuracy``, ``$budget_left``, ``$budget``, ``$step_size``, ``$skills``,
+    ``$errors`` (at most ``max_errors_shown`` lines), ``$previous_plan``.
+    """
+
+    template_name = "openended.txt"
+    variables = (
+        "observation",
+        "step",
+        "accuracy",
+        "budget_left",
+        "budget",
+        "step_size",
+        "skills",
+        "errors",
+        "previous_plan",
+    )
+    reply_model = PlanReply
+
+    def __init__(
+        self,
+        env: Any,
+        seed: int = 0,
+        *,
+        llm: LLMClient | Mapping[str, Any] | None = None,
+        prompt_file: str | Path | None = None,
+        temperature: float = 0.7,
+        max_tokens: int = 1024,
+        max_errors_shown: int = 12,
+    ) -> None:
+        SeededTeacher.__init__(self, env, seed)
+        self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
+        space = getattr(getattr(env, "unwrapped", env), "action_space", None)
+        self.max_chars = int(getattr(space, "max_length", 4000))
+        self.previous_plan: str | None = None
+
+    def act(self, observation: Any, info: Mapping[str, Any]) -> str:
+        obs = parse_open_ended(observation)
+        cap = self.cap(obs.budget_left)
+        reply = self.caller.ask(
+            {
+                "observation": observation,
+                "step": obs.step,
+                "accuracy": f"{obs.accuracy:.3f}",
+                "budget_left": obs.budget_left,
+                "budget": obs.budget,
+                "step_size": cap,
+                "skills": _bullets(obs.skills),
+                "errors": _bullets(obs.errors[: self.max_errors_shown]),
+                "previous_plan": self.previous_plan or "(none yet: this is the first step)",
+            }
+        )
+        plan = None
+        if reply is not None:
+            plan = self.clean(reply.plan)
+            if plan is None:
+                self.caller.fall_back("empty_plan")
+            elif not any(name in plan.lower() for name in name_lookup(obs.skills)):
+                self.caller.ignore({"no_skill_named": 1})
+        if plan is None:
+            even = split(obs.skills, np.ones(len(obs.skills)), cap)
+            plan = self.previous_plan or format_plan(even)
+        self.previous_plan = plan
+        return plan
+
+    def clean(self, text: str) -> str | None:
+        """``text`` made a member of the action space, or None if nothing is left."""
+        from teachgym.envs.base import clean_text  # the env's own character rule
+
+        text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+        text = clean_text(text, replacement="").strip()
+        if len(text) > self.max_chars:
+            cut = text[: self.max_chars]
+            text = cut[: cut.rfind("\n")] if "\n" in cut else cut
+        return text.strip() or None
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"llm": self.caller.state_dict(), "previous_plan": self.previous_plan}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.caller.load_state_dict(state["llm"])
+        self.previous_plan = state.get("previous_plan")
+
+
+# -- SkillList ---------------------------------------------------------------
+class LLMSkillListTeacher(_LLMTeacher, SkillListTeacher):
+    """Reads per-skill accuracy and sampled errors, and asks for a weight per skill.
+
+    Skills in the reply are matched by path or by a unique last segment,
+    ignoring case; a skill named twice gets the sum; skills not named get
+    weight 0. Unknown names (``ignored["unknown_skill"]``) and negative or
+    non-finite weights (``ignored["bad_weight"]``) are dropped. Default action
+    on a failed request, or when no usable positive weight is left
+    (``fallback: no_valid_weights``): uniform (all ones).
+
+    Template variables: ``$skill_table`` (skill, accuracy, examples so far),
+    ``$skills``, ``$accuracy`` (mean), ``$errors`` (from ``info["errors"]``,
+    at most ``max_errors_shown``), ``$step``, ``$budget_left``, ``$step_size``.
+    """
+
+    template_name = "skilllist.txt"
+    variables = (
+        "skill_table",
+        "skills",
+        "accuracy",
+        "errors",
+        "step",
+        "budget_left",
+        "step_size",
+    )
+    reply_model = WeightsReply
+
+    def __init__(
+        self,
+        env: Any,
+        seed: int = 0,
+        *,
+        llm: LLMClient | Mapping[str, Any] | None = None,
+        prompt_file: str | Path | None = None,
+        temperature: float = 0.7,
+        max_tokens: int = 1024,
+        max_errors_shown: int = 12,
+    ) -> None:
+        SkillListTeacher.__init__(self, env, seed)
+        self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
+        self.step_size = examples_per_step(env)
+
+    def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
+        acc = self._accuracy(observation)
+        used = np.asarray(observation.get("examples_used", np.zeros(self.num_skills))).reshape(-1)
+        budget_left = int(np.asarray(observation.get("budget_left", [0])).reshape(-1)[0])
+        table = [
+            f"{skill}: accuracy {a:.3f}, examples so far {int(n)}"
+            for skill, a, n in zip(self.skills, acc, used, strict=True)
+        ]
+        reply = self.caller.ask(
+            {
+                "skill_table": "\n".join(table),
+                "skills": _bullets(self.skills),
+                "accuracy": f"{float(np.nanmean(acc)) if acc.size else 0.0:.3f}",
+                "errors": _bullets(format_errors(info.get("errors", []), self.max_errors_shown)),
+                "step": info.get("step", self.caller.acts),
+                "budget_left": budget_left,
+                "step_size": min(x for x in (self.step_size, budget_left) if x is not None),
+            }
+        )
+        if reply is None:
+            return np.ones(self.num_skills, dtype=np.float32)
+        weights = self.read_weights(reply.weights)
+        if weights.sum() <= 0:
+            self.caller.fall_back("no_valid_weights")
+            return np.ones(self.num_skills, dtype=np.float32)
+        return to_action(weights)
+
+    def read_weights(self, items: Sequence[SkillWeight]) -> np.ndarray:
+        """The reply's weights as a vector in skill order; drops are counted."""
+        lookup = name_lookup(self.skills)
+        index = {s: i for i, s in enumerate(self.skills)}
+        weights = np.zeros(self.num_skills)
+        ignored: Counter[str] = Counter()
+        for item in items:
+            skill = lookup.get(item.skill.strip().lower())
+            if skill is None:
+                ignored["unknown_skill"] += 1
+            elif not np.isfinite(item.weight) or item.weight < 0:
+                ignored["bad_weight"] += 1
+            else:
+                weights[index[skill]] += item.weight
+        self.caller.ignore(ignored)
+        return weights
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"llm": self.caller.state_dict()}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.caller.load_state_dict(state["llm"])
+
+
+# -- SkillTree ---------------------------------------------------------------
+def slug(name: str, limit: int = 48) -> str:
+    """An LLM's subskill name as a valid path segment (ASCII letters, digits, ``_.-``).
+
+    >>> slug("Three carries (é)")
+    'Three_carries_e'
+    """
+    text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    text = re.sub(r"\s+", "_", text.strip())
+    text = re.sub(r"[^A-Za-z0-9_.-]", "", text)
+    return text[:limit].strip("._-")
+
+
+def common_node(paths: Sequence[str]) -> str | None:
+    """The deepest node above (or equal to) every path, or None across roots."""
+    parts = [p.split("/") for p in paths]
+    shared: list[str] = []
+    for segments in zip(*parts, strict=False):  # up to the shortest path
+        if len(set(segments)) != 1:
+            break
+        shared.append(segments[0])
+    return "/".join(shared) or None
+
+
+#: An action, or None and the reason the reply could not be used.
+_Read = tuple[TreeAction | None, str]
+
+
+class LLMSkillTreeTeacher(_LLMTeacher, SeededTeacher):
+    """Reads the skill tree and errors; asks to explore (add subskills) or exploit (allocate).
+
+    Explore: ``skill`` must be a node (path, or a unique leaf name); each new
+    name is slugged to a path segment (:func:`slug`); names that are empty or
+    exist already are dropped (``ignored["bad_name"]``), at most
+    ``max_new_subskills`` kept. If no count is positive, the new subskills
+    share the node's standing allocation (or an even leaf's share).
+
+    Exploit: allocation names are leaf paths, paths relative to ``skill``, or
+    unique leaf names; others are dropped (``ignored["unknown_leaf"]``), as
+    are negative counts (``ignored["bad_count"]``). The action's node is
+    ``skill`` when it covers every named leaf, else their deepest common node;
+    leaves under different roots have none (an exploit changes one subtree),
+    so only the root with the largest requested total is kept
+    (``ignored["other_root"]`` counts the rest).
+
+    Default action on a failed request or an unusable reply (``fallback:
+    unknown_node``, ``no_valid_subskills``, ``no_valid_allocation``): an
+    exploit with no counts, which keeps the standing allocation.
+
+    Template variables: ``$tree`` (the observation's tree text), ``$leaves``,
+    ``$accuracy``, ``$errors``, ``$step``, ``$budget_left``, ``$step_size``,
+    ``$max_new_subskills``.
+    """
+
+    template_name = "skilltree.txt"
+    variables = (
+        "tree",
+        "leaves",
+        "accuracy",
+        "errors",
+        "step",
+        "budget_left",
+        "step_size",
+        "max_new_subskills",
+    )
+    reply_model = TreeReply
+
+    def __init__(
+        self,
+        env: Any,
+        seed: int = 0,
+        *,
+        llm: LLMClient | Mapping[str, Any] | None = None,
+        prompt_file: str | Path | None = None,
+        temperature: float = 0.7,
+        max_tokens: int = 1024,
+        max_errors_shown: int = 12,
+        max_new_subskills: int = 4,
+    ) -> None:
+        SeededTeacher.__init__(self, env, seed)
+        self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
+        self.max_new_subskills = int(
+            check_number("max_new_subskills", max_new_subskills, low=1, high=8, integer=True)
+        )
+
+    def act(self, observation: Any, info: Mapping[str, Any]) -> TreeAction:
+        nodes = parse_tree(observation)
+        leaves = [n for n in nodes if n.is_leaf]
+        budget_left = int(np.asarray(observation.get("budget_left", [0])).reshape(-1)[0])
+        reply = self.caller.ask(
+            {
+                "tree": observation["tree"],
+                "leaves": _bullets([n.skill for n in leaves]),
+                "accuracy": f"{float(info.get('accuracy', float('nan'))):.3f}",
+                "errors": _bullets(format_errors(info.get("errors", []), self.max_errors_shown)),
+                "step": info.get("step", self.caller.acts),
+                "budget_left": budget_left,
+                "step_size": self.cap(budget_left),
+                "max_new_subskills": self.max_new_subskills,
+            }
+        )
+        action = None
+        if reply is not None:
+            reader = self.read_explore if reply.kind == "explore" else self.read_exploit
+            action, problem = reader(reply, nodes)
+            if action is None:
+                self.caller.fall_back(problem)
+        return action or TreeAction(kind="exploit", skill=nodes[0].root)
+
+    def read_explore(self, reply: TreeReply, nodes: Sequence[TreeNode]) -> _Read:
+        by_path = {n.skill: n for n in nodes}
+        skill = self._node(reply.skill, by_path)
+        if skill is None:
+            return None, "unknown_node"
+        names: dict[str, int] = {}
+        taken = {p.lower() for p in by_path}  # names differing only in case would confuse
+        ignored: Counter[str] = Counter()
+        for item in reply.new_subskills:
+            name = slug(item.name)
+            if not name or f"{skill}/{name}".lower() in taken:
+                ignored["bad_name"] += 1
+            elif len(names) >= self.max_new_subskills:
+                ignored["too_many_subskills"] += 1
+            else:
+                if item.count < 0:
+                    ignored["bad_count"] += 1
+                names[name] = max(0, item.count)
+                taken.add(f"{skill}/{name}".lower())
+        self.caller.ignore(ignored)
+        if not names:
+            return None, "no_valid_subskills"
+        if not any(names.values()):
+            node = by_path[skill]
+            leaves = [n for n in nodes if n.is_leaf]
+            share = node.allocation if node.is_leaf else self.cap(None) // max(1, len(leaves))
+            names = split(list(names), np.ones(len(names)), max(int(share or 0), len(names)))
+        action = TreeAction(
+            kind="explore", skill=skill, new_subskills=list(names), allocation=names
+        )
+        return action, ""
+
+    def read_exploit(self, reply: TreeReply, nodes: Sequence[TreeNode]) -> _Read:
+        by_path = {n.skill: n for n in nodes}
+        base = self._node(reply.skill, by_path)
+        leaves = [n.skill for n in nodes if n.is_leaf]
+        lookup = name_lookup(leaves)
+        counts: Counter[str] = Counter()
+        ignored: Counter[str] = Counter()
+        for item in reply.allocation:
+            key = item.name.strip().lower()
+            leaf = lookup.get(f"{base.lower()}/{key}") if base else None
+            leaf = leaf or lookup.get(key)
+            if leaf is None:
+                ignored["unknown_leaf"] += 1
+            elif item.count < 0:
+                ignored["bad_count"] += 1
+            else:
+                counts[leaf] += item.count
+        if not counts:
+            self.caller.ignore(ignored)
+            return None, "no_valid_allocation"
+        if base is None or not all(p == base or p.startswith(base + "/") for p in counts):
+            base = common_node(list(counts))
+            if base is None:  # across roots: keep the root that asked for most
+                totals: Counter[str] = Counter()
+                for path, n in counts.items():
+                    totals[path.split("/", 1)[0]] += n
+                base = max(totals, key=lambda r: totals[r])
+                ignored["other_root"] += sum(1 for p in counts if p.split("/", 1)[0] != base)
+                counts = Counter({p: n for p, n in counts.items() if p.split("/", 1)[0] == base})
+        self.caller.ignore(ignored)
+        return TreeAction(kind="exploit", skill=base, allocation=dict(counts)), ""
+
+    @staticmethod
+    def _node(name: str, by_path: Mapping[str, TreeNode]) -> str | None:
+        """A node named by its path (any case) or by a unique last segment."""
+        return name_lookup(list(by_path)).get(name.strip().strip("/").lower())
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"llm": self.caller.state_dict()}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.caller.load_state_dict(state["llm"])

@@ -1,0 +1,80 @@
+"""The whole loop with language models on both sides: an ``llm`` teacher plans, the ``llm``
+generator writes the data, over HTTP to the stand-in server of ``tests/llm_standin.py``,
+through ``teachgym run``'s runner, so what a user reads in ``steps.jsonl`` is checked too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from llm_standin import StandIn, json_reply
+
+from teachgym.config import default_config_path, load_config
+from teachgym.envs.tasks.arithmetic import ArithmeticTask
+from teachgym.experiments.runner import EpisodeRunner, read_jsonl
+
+SMOKE = Path(default_config_path()).with_name("smoke.yaml")
+STEPS = 2
+
+
+def _script(task: ArithmeticTask) -> list:
+    """Per step: the teacher puts everything on add/carry, then two generator replies of 10
+    correct, fresh add/carry problems (none from the validation or test sets)."""
+    held_out = {p.prompt for split in ("val", "test") for p in task.problems(split)}
+    rng = np.random.default_rng(5)
+    fresh = [p for p in task.sample("add/carry", 200, rng) if p.prompt not in held_out]
+    fresh = list({p.prompt: p for p in fresh}.values())
+    script = []
+    for step in range(STEPS):
+        weights = [{"skill": "add/carry", "weight": 1.0}]
+        script.append(
+            json_reply({"analysis": "carries fail", "weights": weights}, match="Decide how")
+        )
+        chunk = fresh[step * 20 : step * 20 + 20]
+        for half in (chunk[:10], chunk[10:]):
+            items = [{"prompt": p.prompt, "answer": p.answer} for p in half]
+            script.append(json_reply({"examples": items}, match='skill "add/carry"'))
+    return script
+
+
+def test_an_llm_teacher_and_generator_run_an_episode_logged_per_step(tmp_path):
+    task = ArithmeticTask(val_per_skill=8, test_per_skill=8)
+    with StandIn(_script(task)) as server:
+        llm = {
+            "model": "stand-in-model",
+            "base_url": server.base_url,
+            "api_key": "EMPTY",
+            "backoff_s": 0.0,
+            "max_attempts": 1,
+        }
+        config = load_config(
+            SMOKE,
+            {
+                "budget": 40,
+                "examples_per_step": 20,
+                "threads": 1,
+                "teacher": "llm",
+                "teacher_kwargs": {"llm": {**llm, "cache_dir": str(tmp_path / "t")}},
+                "generator": "llm",
+                "generator_kwargs": {
+                    "examples_per_request": 10,
+                    "llm": {**llm, "cache_dir": str(tmp_path / "g")},
+                },
+            },
+        )
+        summary = EpisodeRunner(config, tmp_path / "run").run()
+        assert server.unscripted == 0 and server.remaining == 0
+    assert summary is not None
+    rows = read_jsonl(tmp_path / "run" / "steps.jsonl")[1:]
+    assert len(rows) == STEPS
+    for row in rows:
+        # The teacher's plan reached the generator: every example is add/carry.
+        assert row["examples_by_skill"]["add/carry"]["accepted"] == 20
+        assert row["examples_accepted"] == 20
+        assert row["llm"]["generator"]["requests"] == 2 and row["llm"]["generator"]["ok"] == 2
+        assert row["llm"]["teacher"]["llm"]["requests"] == 1
+        assert row["llm"]["teacher"]["fallback"] is None
+    data = read_jsonl(tmp_path / "run" / "data" / "step_0001.jsonl")
+    assert {d["skill"] for d in data} == {"add/carry"}
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == STEPS
