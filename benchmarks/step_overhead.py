@@ -47,7 +47,11 @@ def main() -> None:
     )
     student.set_horizon(core.horizon)
     generator = registry.build(
-        "generator", config.generator, task=task, seed=config.seed, **config.generator_kwargs
+        "generator",
+        config.generator,
+        task=task,
+        seed=config.seed,
+        **config.component_kwargs("generator"),
     )
     val, test = task.problems("val"), task.problems("test")
     filt = ExampleFilter([p.prompt for p in val + test], task.alphabet, dedup=config.dedup)

@@ -166,7 +166,11 @@ class TeacherEnv(gym.Env):
             "student", cfg.student, task=self.task, seed=cfg.seed, **cfg.student_kwargs
         )
         self.generator: Generator = generator or registry.build(
-            "generator", cfg.generator, task=self.task, seed=cfg.seed, **cfg.generator_kwargs
+            "generator",
+            cfg.generator,
+            task=self.task,
+            seed=cfg.seed,
+            **cfg.component_kwargs("generator"),
         )
         self.tree: SkillTree = self.task.skills.copy()
         self._val = self.task.problems("val")

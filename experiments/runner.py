@@ -445,7 +445,11 @@ class EpisodeRunner:
         env = gym.make(config.env, config=config)
         try:
             teacher = registry.build(
-                "teacher", config.teacher, env=env, seed=config.seed, **config.teacher_kwargs
+                "teacher",
+                config.teacher,
+                env=env,
+                seed=config.seed,
+                **config.component_kwargs("teacher"),
             )
 
             def elapsed() -> float:

@@ -118,7 +118,21 @@ class ExperimentConfig(BaseModel):
     )
     backend: Literal["local", "ray"] = "local"
     resources: Resources = Field(default_factory=Resources)
+    llm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the LLM client spec (backend, model, base_url, ...) given to the built-in "
+        "`llm` teacher and generator when their own *_kwargs have no `llm`",
+    )
     wandb: bool = False
+
+    def component_kwargs(self, kind: Literal["generator", "teacher"]) -> dict[str, Any]:
+        """``generator_kwargs`` or ``teacher_kwargs``, with the shared ``llm`` spec added for
+        the built-in ``llm`` components that name none, so one endpoint serves both sides."""
+        name = self.generator if kind == "generator" else self.teacher
+        kwargs = dict(self.generator_kwargs if kind == "generator" else self.teacher_kwargs)
+        if name == "llm" and self.llm and "llm" not in kwargs:
+            kwargs["llm"] = dict(self.llm)
+        return kwargs
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

@@ -55,12 +55,10 @@ def test_an_llm_teacher_and_generator_run_an_episode_logged_per_step(tmp_path):
                 "examples_per_step": 20,
                 "threads": 1,
                 "teacher": "llm",
-                "teacher_kwargs": {"llm": {**llm, "cache_dir": str(tmp_path / "t")}},
                 "generator": "llm",
-                "generator_kwargs": {
-                    "examples_per_request": 10,
-                    "llm": {**llm, "cache_dir": str(tmp_path / "g")},
-                },
+                "generator_kwargs": {"examples_per_request": 10},
+                # One spec for both sides (each builds its own client, so counts stay apart).
+                "llm": {**llm, "cache_dir": str(tmp_path / "cache")},
             },
         )
         summary = EpisodeRunner(config, tmp_path / "run").run()

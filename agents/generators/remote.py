@@ -33,7 +33,11 @@ class GeneratorWorker:
         seed_everything(cfg.seed)
         self.task = registry.build("task", cfg.task, **cfg.task_kwargs)
         self.generator = registry.build(
-            "generator", cfg.generator, task=self.task, seed=cfg.seed, **cfg.generator_kwargs
+            "generator",
+            cfg.generator,
+            task=self.task,
+            seed=cfg.seed,
+            **cfg.component_kwargs("generator"),
         )
         self.threads = threads
 
