@@ -11,6 +11,15 @@ Decoding is batched greedy with a KV cache and left padding, written out here
 rather than through ``generate`` so that the per-token cost is one forward
 pass and nothing else (evaluation runs every step, on every validation
 problem).
+
+Pretrained checkpoints (``student: hf``, or the offline ``smollm2`` preset)
+go through the same class as the tiny student, so that modes, schedules,
+packing and resume have one implementation. What they need on top lives here
+as options that default to the tiny student's behaviour: LoRA adapters
+through ``peft`` (``reset`` re-initialises the adapter rather than keeping a
+second copy of the base weights), the tokenizer's chat template around prompt
+and answer, prompt/completion length limits whose truncations are counted in
+the train metrics, gradient accumulation and checkpointing, and stop strings.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ import inspect
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +46,16 @@ _STATE_FILE = "student_state.json"
 _WEIGHTS_FILE = "model.safetensors"
 _OPTIMIZER_FILE = "optimizer.pt"
 _SCHEDULES = ("constant", "inverse_sqrt")
+#: Short names accepted in a config's ``lora`` block, and peft's names for them.
+_LORA_ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 class HFStudent:
@@ -47,10 +67,13 @@ class HFStudent:
             ``reset`` returns to.
         tokenizer: the model's tokenizer; needs ``pad_token_id`` and
             ``eos_token_id``.
-        mode: ``"accumulate"`` retrains from the base weights on all data seen so
-            far at every ``train`` call (as DataEnvGym does); ``"continual"``
-            keeps training the current weights on the new data only.
+        mode: ``"accumulate"`` retrains from the base weights (a fresh adapter
+            with LoRA) on all data seen so far at every ``train`` call (as
+            DataEnvGym does); ``"continual"`` keeps training the current
+            weights on the new data only.
         lr, epochs, batch_size: SFT hyper-parameters for one ``train`` call.
+            ``batch_size`` is the number of examples per optimizer step,
+            whatever ``grad_accum_steps`` is.
         warmup_steps, lr_schedule: linear warm-up over ``warmup_steps`` optimizer
             steps, then ``"inverse_sqrt"`` decay or a ``"constant"`` rate.
         cooldown: the last fraction of the training horizon over which the rate
@@ -67,10 +90,34 @@ class HFStudent:
             block-diagonal 4D attention mask (the packed and padded losses
             agree) and falls back to padding with a warning if it does not.
         pack_width: tokens per packed row (at least the longest example).
-        seed: drives data order, so the same seed gives the same weights.
-        lora: optional ``peft.LoraConfig`` keyword arguments; trains adapters
-            only (needs the ``llm`` extra).
-        device: ``"cpu"``, ``"cuda"``, or ``None`` for CUDA when available.
+        seed: drives data order and LoRA initialisation, so the same seed gives
+            the same weights.
+        lora: ``None`` for full fine-tuning, or ``peft.LoraConfig`` keyword
+            arguments (``r``, ``alpha``/``lora_alpha``,
+            ``dropout``/``lora_dropout``, ``target_modules``, ...) to train
+            adapters only (needs the ``llm`` extra). Only initialisations that
+            ``reset`` can repeat are accepted (default or ``"gaussian"``; no
+            DoRA, no ``modules_to_save``).
+        device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``), or ``None``/``"auto"``
+            for CUDA when available.
+        grad_accum_steps: split each optimizer batch into this many
+            micro-batches, for memory only: the update is the same as one
+            full batch (each micro-batch's loss is weighted by its share of
+            the batch's completion tokens).
+        gradient_checkpointing: recompute activations in the backward pass,
+            trading compute for memory on long sequences or big models.
+        chat_template: wrap prompts in the tokenizer's chat template (the
+            prompt as the user turn, the completion as the assistant turn).
+            ``None`` uses it when the tokenizer has one.
+        max_prompt_tokens, max_completion_tokens: length limits. A prompt
+            keeps its last tokens (the question and the assistant header), a
+            completion its first ones (and loses its end-of-sequence token,
+            so the model is not taught to stop mid-answer). Every cut is
+            counted: ``train`` returns ``truncated_prompts`` and
+            ``truncated_completions`` whenever a limit is set, and ``predict``
+            warns and records ``last_predict_info``.
+        stop: strings that end a completion (the completion is cut before
+            the first one), on top of the end-of-sequence token(s).
 
     The student sets no process-wide state: torch's thread count belongs to
     whoever owns the process (the runner sets it from the config's
@@ -94,8 +141,14 @@ class HFStudent:
         packing: bool | Literal["auto"] = "auto",
         pack_width: int = 64,
         seed: int = 0,
-        lora: dict[str, Any] | None = None,
+        lora: Mapping[str, Any] | None = None,
         device: str | None = None,
+        grad_accum_steps: int = 1,
+        gradient_checkpointing: bool = False,
+        chat_template: bool | None = None,
+        max_prompt_tokens: int | None = None,
+        max_completion_tokens: int | None = None,
+        stop: Sequence[str] = (),
     ) -> None:
         if mode not in ("accumulate", "continual"):
             raise ValueError(f"mode must be 'accumulate' or 'continual', got {mode!r}")
@@ -105,6 +158,12 @@ class HFStudent:
             ("eval_batch_size", eval_batch_size),
             ("max_new_tokens", max_new_tokens),
             ("pack_width", pack_width),
+            ("grad_accum_steps", grad_accum_steps),
+            ("max_prompt_tokens", 1 if max_prompt_tokens is None else max_prompt_tokens),
+            (
+                "max_completion_tokens",
+                1 if max_completion_tokens is None else max_completion_tokens,
+            ),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -116,24 +175,53 @@ class HFStudent:
             raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {lr_schedule!r}")
         if packing not in (True, False, "auto"):
             raise ValueError(f"packing must be true, false or 'auto', got {packing!r}")
+        if chat_template not in (True, False, None):
+            raise ValueError(f"chat_template must be true, false or null, got {chat_template!r}")
+        if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad token and an eos token")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template and not has_template:
+            raise ValueError("chat_template is true but the tokenizer has no chat template")
+        self.device = resolve_device(device)
+        self.seed = seed
+        self._stop_ids = _stop_token_ids(model, tokenizer)
+        if gradient_checkpointing:
+            # Non-reentrant checkpointing needs no input that requires grad, so
+            # it works with frozen embeddings under LoRA.
+            # (``activation_checkpointing_enable`` is transformers 5's name for it.)
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+        self.lora = bool(lora)
+        self._lora_init: bool | str = True
         if lora:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(**lora))
+            model, self._lora_init = _with_lora(model, lora)
         self.model = model.to(self.device)
+        if self.lora:
+            self._init_adapter()
         self.tokenizer = tokenizer
         self.mode: Mode = mode
         self.lr, self.epochs, self.batch_size = lr, epochs, batch_size
         self.eval_batch_size, self.max_new_tokens = eval_batch_size, max_new_tokens
-        self.seed = seed
         self.warmup_steps = max(1, warmup_steps)
         self.lr_schedule = lr_schedule
         self.cooldown = float(cooldown)
         self.packing: bool | Literal["auto"] = packing
         self.pack_width = pack_width
+        self.grad_accum_steps = grad_accum_steps
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.chat_template = has_template if chat_template is None else bool(chat_template)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_completion_tokens = max_completion_tokens
+        self.stop = tuple(stop)
+        #: Prompt truncations of the last ``predict`` call (when a limit is set).
+        self.last_predict_info: dict[str, int] = {}
         self.horizon: int | None = None
         self._opt: torch.optim.Optimizer | None = None
         self._params: list[torch.nn.Parameter] = []
@@ -144,9 +232,46 @@ class HFStudent:
         self._cache_arg = (
             "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         )
-        self._base = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # Full fine-tuning must remember the base weights to return to them; a
+        # LoRA student never changes them, and re-initialising its adapter is
+        # the whole of a reset (a second copy of a large model would double
+        # its memory for nothing).
+        self._base: dict[str, torch.Tensor] | None = (
+            None
+            if self.lora
+            else {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        )
         self._seen: list[Example] = []
         self._calls = 0
+
+    # -- base weights and adapters ---------------------------------------
+    def _init_adapter(self) -> None:
+        """Fresh LoRA weights, seeded: the same seed gives the same adapter.
+
+        peft's own per-layer initialisation (A random, B zero, so a fresh
+        adapter leaves the base model's outputs unchanged), under a forked RNG
+        so that the process-wide generator is left alone.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        devices = []
+        if self.device.type == "cuda":
+            index = self.device.index
+            devices = [torch.cuda.current_device() if index is None else index]
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(self.seed)
+            for module in self.model.modules():
+                if isinstance(module, LoraLayer):
+                    for name in module.lora_A:
+                        module.reset_lora_parameters(name, self._lora_init)
+
+    def _restore_base(self) -> None:
+        """The untrained student: the base weights, or a fresh adapter on them."""
+        if self.lora:
+            self._init_adapter()
+        else:
+            assert self._base is not None
+            self.model.load_state_dict(self._base)
 
     # -- training ---------------------------------------------------------
     def set_horizon(self, examples: int | None) -> None:
@@ -164,22 +289,93 @@ class HFStudent:
 
         A fast tokenizer's Rust backend encodes a batch much faster than the
         ``transformers`` wrapper around it, and every step encodes thousands
-        of examples (``benchmarks/train_throughput.py`` measures it).
+        of examples (``benchmarks/train_throughput.py`` measures it). Special
+        tokens written in the text (a chat template's) are still recognised.
         """
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None:
             return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
         return list(self.tokenizer(texts, add_special_tokens=False)["input_ids"])
 
-    def _encode_examples(self, examples: Sequence[Example]) -> list[Encoded]:
-        """Token ids of prompt+completion+eos, and where the completion starts."""
-        prompt_texts = [e.prompt for e in examples]
-        comp_texts = [e.completion for e in examples]
-        prompts, comps = self._encode(prompt_texts), self._encode(comp_texts)
-        check_ids(self.tokenizer, prompt_texts, prompts)
+    def _prompt_texts(self, prompts: Sequence[str]) -> list[str]:
+        """Prompts as the model sees them: inside the chat template when one is used."""
+        if not self.chat_template:
+            return list(prompts)
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        return list(
+            self.tokenizer.apply_chat_template(
+                conversations, add_generation_prompt=True, tokenize=False
+            )
+        )
+
+    def _completion_texts(
+        self, examples: Sequence[Example], prompt_texts: Sequence[str]
+    ) -> list[str]:
+        """The text the model must produce after its prompt, without the eos token.
+
+        With a chat template this is the template's own rendering of the
+        assistant turn (whatever it puts around the answer), minus the
+        end-of-sequence token and anything after it: the eos id is appended
+        separately, as it is without a template, and generation stops there.
+        """
+        if not self.chat_template:
+            return [e.completion for e in examples]
+        conversations = [
+            [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.completion}]
+            for e in examples
+        ]
+        full = self.tokenizer.apply_chat_template(conversations, tokenize=False)
+        eos_text = self.tokenizer.eos_token
+        out = []
+        for text, prompt in zip(full, prompt_texts, strict=True):
+            if not text.startswith(prompt):
+                raise ValueError(
+                    "the chat template renders a prompt differently once an answer follows "
+                    f"it ({prompt!r} is not a prefix of {text!r}); set chat_template: false"
+                )
+            suffix = text[len(prompt) :]
+            end = suffix.rfind(eos_text) if eos_text else -1
+            out.append(suffix if end < 0 else suffix[:end])
+        return out
+
+    def _encode_prompts(
+        self, prompts: Sequence[str], counts: Counter[str], *, check: bool = True
+    ) -> tuple[list[str], list[list[int]]]:
+        """Rendered prompts and their ids, cut to ``max_prompt_tokens`` (counted)."""
+        texts = self._prompt_texts(prompts)
+        ids = self._encode(texts)
+        if check:
+            check_ids(self.tokenizer, texts, ids)
+        limit = self.max_prompt_tokens
+        if limit is not None:
+            for i, row in enumerate(ids):
+                if len(row) > limit:
+                    ids[i] = row[len(row) - limit :]
+                    counts["truncated_prompts"] += 1
+        return texts, ids
+
+    def _encode_examples(
+        self, examples: Sequence[Example], counts: Counter[str] | None = None
+    ) -> list[Encoded]:
+        """Token ids of prompt+completion+eos, and where the completion starts.
+
+        Truncations are added to ``counts`` (see ``max_prompt_tokens``).
+        """
+        counts = Counter() if counts is None else counts
+        prompt_texts, prompts = self._encode_prompts([e.prompt for e in examples], counts)
+        comp_texts = self._completion_texts(examples, prompt_texts)
+        comps = self._encode(comp_texts)
         check_ids(self.tokenizer, comp_texts, comps)
         eos = self.tokenizer.eos_token_id
-        return [(p + c + [eos], len(p)) for p, c in zip(prompts, comps, strict=True)]
+        limit = self.max_completion_tokens
+        encoded = []
+        for p, c in zip(prompts, comps, strict=True):
+            c = [*c, eos]
+            if limit is not None and len(c) > limit:
+                c = c[:limit]
+                counts["truncated_completions"] += 1
+            encoded.append((p + c, len(p)))
+        return encoded
 
     def batch_tensors(self, batch: Sequence[Encoded], packed: bool) -> dict[str, torch.Tensor]:
         """Model inputs for one optimizer step: ``input_ids``, ``labels`` and masks.
@@ -267,18 +463,45 @@ class HFStudent:
             )
         return ok
 
+    def _backward(self, batch: Sequence[Encoded]) -> float:
+        """Gradients of one optimizer batch's loss; returns the loss.
+
+        With ``grad_accum_steps`` > 1 the batch runs as micro-batches whose
+        mean losses are weighted by their share of the batch's labelled
+        tokens, so the summed gradient is the full batch's gradient.
+        """
+        packed = bool(self.packing)
+        k = min(self.grad_accum_steps, len(batch))
+        if k == 1:
+            loss = self._loss(self.batch_tensors(batch, packed=packed))
+            loss.backward()
+            return float(loss.detach())
+        size = math.ceil(len(batch) / k)
+        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        total = sum(_labelled(item) for item in batch)
+        value = 0.0
+        for chunk in chunks:
+            share = sum(_labelled(item) for item in chunk) / max(1, total)
+            if share == 0:
+                continue
+            loss = self._loss(self.batch_tensors(chunk, packed=packed)) * share
+            loss.backward()
+            value += float(loss.detach())
+        return value
+
     def train(self, examples: Sequence[Example]) -> dict[str, float]:
         """One SFT pass over the new data (continual) or all data (accumulate)."""
         self._calls += 1
         if self.mode == "accumulate":
             self._seen.extend(examples)
-            self.model.load_state_dict(self._base)
+            self._restore_base()
             data = list(self._seen)
         else:
             data = list(examples)
         if not data:
             return {"loss": float("nan"), "steps": 0.0, "tokens": 0.0}
-        encoded = self._encode_examples(data)
+        truncated: Counter[str] = Counter()
+        encoded = self._encode_examples(data, truncated)
         if self.packing == "auto":
             self.packing = self._packing_works(encoded[: min(8, len(encoded))])
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self._calls)
@@ -295,9 +518,8 @@ class HFStudent:
             order = torch.randperm(len(encoded), generator=gen).tolist()
             for b in range(n_batches):
                 batch = [encoded[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
-                loss = self._loss(self.batch_tensors(batch, packed=bool(self.packing)))
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = self._backward(batch)
                 torch.nn.utils.clip_grad_norm_(self._params, 1.0)
                 rate = self._lr_at(self._opt_steps, done / horizon if horizon else None)
                 for group in opt.param_groups:
@@ -305,13 +527,17 @@ class HFStudent:
                 opt.step()
                 self._opt_steps += 1
                 done += len(batch)
-                loss_sum += float(loss.detach())
+                loss_sum += loss
                 tokens += sum(len(ids) for ids, _ in batch)
                 steps += 1
         if self.mode == "continual":
             self._examples_done = done
         self.model.eval()
-        return {"loss": loss_sum / max(1, steps), "steps": float(steps), "tokens": float(tokens)}
+        metrics = {"loss": loss_sum / max(1, steps), "steps": float(steps), "tokens": float(tokens)}
+        if self.max_prompt_tokens is not None or self.max_completion_tokens is not None:
+            metrics["truncated_prompts"] = float(truncated["truncated_prompts"])
+            metrics["truncated_completions"] = float(truncated["truncated_completions"])
+        return metrics
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW whose state persists across ``train`` calls in continual mode.
@@ -350,16 +576,31 @@ class HFStudent:
     # -- inference --------------------------------------------------------
     @torch.no_grad()
     def predict(self, problems: Sequence[Problem]) -> list[str]:
-        """Greedy completions, batched with left padding and a KV cache."""
+        """Greedy completions, batched with left padding and a KV cache.
+
+        Prompts longer than ``max_prompt_tokens`` keep their last tokens; how
+        many were cut is in ``last_predict_info`` and a warning.
+        """
         self.model.eval()
+        truncated: Counter[str] = Counter()
         out: list[str] = []
         for i in range(0, len(problems), self.eval_batch_size):
-            out.extend(self._greedy([p.prompt for p in problems[i : i + self.eval_batch_size]]))
+            chunk = [p.prompt for p in problems[i : i + self.eval_batch_size]]
+            out.extend(self._greedy(chunk, truncated))
+        if self.max_prompt_tokens is not None:
+            n = truncated["truncated_prompts"]
+            self.last_predict_info = {"truncated_prompts": n}
+            if n:
+                warnings.warn(
+                    f"{n} of {len(problems)} prompts were longer than max_prompt_tokens="
+                    f"{self.max_prompt_tokens} and lost their first tokens",
+                    stacklevel=2,
+                )
         return out
 
-    def _greedy(self, prompts: list[str]) -> list[str]:
+    def _greedy(self, prompts: list[str], truncated: Counter[str]) -> list[str]:
         tok = self.tokenizer
-        encoded = self._encode(prompts)
+        _, encoded = self._encode_prompts(prompts, truncated, check=False)
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
         attn = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -372,6 +613,7 @@ class HFStudent:
             input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True
         )
         eos = tok.eos_token_id
+        stop_ids = torch.tensor(self._stop_ids, device=self.device)
         done = torch.zeros(len(encoded), dtype=torch.bool, device=self.device)
         generated: list[torch.Tensor] = []
         pos = positions[:, -1:]
@@ -379,7 +621,9 @@ class HFStudent:
             nxt = result.logits[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             generated.append(nxt)
-            done |= nxt == eos
+            done |= torch.isin(nxt, stop_ids)
+            if self.stop:
+                done |= self._stopped_by_string(generated, done)
             if bool(done.all()):
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
@@ -392,17 +636,30 @@ class HFStudent:
                 **{self._cache_arg: _cache_of(result)},
             )
         rows = torch.stack(generated, dim=1).tolist()
-        texts = []
-        for row in rows:
-            if eos in row:
-                row = row[: row.index(eos)]
-            texts.append(tok.decode(row, skip_special_tokens=True))
-        return texts
+        return [self._decode(row) for row in rows]
+
+    def _decode(self, row: list[int]) -> str:
+        """Text up to the first stop token, then up to the first stop string."""
+        stops = set(self._stop_ids)
+        end = next((i for i, t in enumerate(row) if t in stops), len(row))
+        text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return text[: min(cuts)] if cuts else text
+
+    def _stopped_by_string(self, generated: list[torch.Tensor], done: torch.Tensor) -> torch.Tensor:
+        """Rows, not yet done, whose text so far contains a stop string."""
+        rows = torch.stack(generated, dim=1).tolist()
+        hit = [
+            not finished
+            and any(s in self.tokenizer.decode(row, skip_special_tokens=True) for s in self.stop)
+            for row, finished in zip(rows, done.tolist(), strict=True)
+        ]
+        return torch.tensor(hit, dtype=torch.bool, device=self.device)
 
     # -- state ------------------------------------------------------------
     def reset(self) -> None:
-        """Back to the base weights with no data seen."""
-        self.model.load_state_dict(self._base)
+        """Back to the base weights (a fresh adapter with LoRA) with no data seen."""
+        self._restore_base()
         self._seen = []
         self._calls = 0
         self._opt = None
@@ -410,14 +667,23 @@ class HFStudent:
         self._examples_done = 0
 
     def save(self, path: str | Path) -> None:
-        """Weights as safetensors plus the little state that resume needs."""
+        """Weights as safetensors plus the little state that resume needs.
+
+        With LoRA only the adapter is written (peft's ``save_pretrained``:
+        ``adapter_config.json`` and ``adapter_model.safetensors``); the base
+        weights are whatever the checkpoint the student was built from holds.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(path / _WEIGHTS_FILE))
+        if self.lora:
+            self.model.save_pretrained(str(path), safe_serialization=True)
+        else:
+            save_model(self.model, str(path / _WEIGHTS_FILE))
         if self._opt is not None:
             torch.save(self._opt.state_dict(), path / _OPTIMIZER_FILE)
         state = {
             "mode": self.mode,
+            "lora": self.lora,
             "calls": self._calls,
             "opt_steps": self._opt_steps,
             "examples_done": self._examples_done,
@@ -432,7 +698,16 @@ class HFStudent:
         state = json.loads((path / _STATE_FILE).read_text())
         if state["mode"] != self.mode:
             raise ValueError(f"checkpoint was saved in mode {state['mode']!r}, not {self.mode!r}")
-        load_model(self.model, str(path / _WEIGHTS_FILE), device=str(self.device))
+        saved_lora = bool(state.get("lora", False))
+        if saved_lora != self.lora:
+            kinds = {True: "a LoRA adapter", False: "full weights"}
+            raise ValueError(
+                f"checkpoint holds {kinds[saved_lora]} but this student trains {kinds[self.lora]}"
+            )
+        if self.lora:
+            self._load_adapter(path)
+        else:
+            load_model(self.model, str(path / _WEIGHTS_FILE), device=str(self.device))
         self._calls = int(state["calls"])
         self.seed = int(state["seed"])  # the data order continues as it would have
         self._opt = None
@@ -447,29 +722,164 @@ class HFStudent:
             self._opt_steps = steps
         self._seen = [Example.model_validate(e) for e in state["seen"]]
 
+    def _load_adapter(self, path: Path) -> None:
+        """Adapter weights from ``save``; every adapter tensor must be found."""
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+        weights = load_peft_weights(str(path), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, weights)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"adapter in {path} does not match this student's LoRA config: "
+                f"missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
+            )
+
+
+def _labelled(item: Encoded) -> int:
+    """Tokens of an example that carry loss (the first token is never predicted)."""
+    ids, start = item
+    return len(ids) - max(start, 1)
+
 
 def _cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
 
 
+def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's eos plus the generation config's (instruct models often list two)."""
+    ids = {int(tokenizer.eos_token_id)}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif isinstance(configured, (list, tuple)):
+        ids.update(int(i) for i in configured)
+    return sorted(ids)
+
+
+def _with_lora(model: Any, lora: Mapping[str, Any]) -> tuple[Any, bool | str]:
+    """``model`` wrapped in a LoRA adapter, and the adapter's initialisation.
+
+    Initialisations that read or change the base weights (PiSSA, OLoRA, ...),
+    DoRA's magnitude vectors and ``modules_to_save`` copies cannot be redone
+    by re-initialising the adapter alone, so ``reset`` could not restore the
+    untrained student; they are refused here rather than half-supported.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "LoRA needs peft: pip install 'teachgym[llm]' (or pip install peft)"
+        ) from err
+    kwargs = dict(lora)
+    for short, long in _LORA_ALIASES.items():
+        if short in kwargs:
+            if long in kwargs:
+                raise ValueError(f"lora: give {short!r} or {long!r}, not both")
+            kwargs[long] = kwargs.pop(short)
+    config = LoraConfig(**kwargs)
+    if config.init_lora_weights not in (True, "gaussian"):
+        raise ValueError(
+            f"lora: init_lora_weights={config.init_lora_weights!r} is not supported "
+            "(reset re-initialises the adapter; use true or 'gaussian')"
+        )
+    if config.use_dora or config.modules_to_save:
+        raise ValueError(
+            "lora: use_dora and modules_to_save are not supported (reset cannot redo them)"
+        )
+    with torch.random.fork_rng(devices=[]):  # _init_adapter seeds the real initialisation
+        wrapped = get_peft_model(model, config)
+    return wrapped, config.init_lora_weights
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else the CPU; otherwise as given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: bfloat16 on CUDA (half the memory, tensor cores), float32 on the CPU.
+
+    CPU kernels for bfloat16 are slow or missing on many machines and fp32
+    keeps CPU results reproducible.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def task_generation_defaults(task: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Decoding limits the task knows: ``max_new_tokens`` and ``stop`` strings.
+
+    A task's ``max_answer_length`` bounds decoding (plus one token for the
+    end of sequence): a token more could only make an answer wrong, and every
+    evaluation would pay for it. One token is at least one character for the
+    tokenizers in use, so the bound never cuts a correct answer. An explicit
+    ``max_new_tokens`` in the student's config wins. A task's ``stop_strings``
+    are added to the config's ``stop``.
+    """
+    kwargs = dict(kwargs)
+    longest = getattr(task, "max_answer_length", None)
+    if longest is not None:
+        kwargs.setdefault("max_new_tokens", int(longest) + 1)
+    task_stops = getattr(task, "stop_strings", None) or ()
+    if task_stops:
+        stops = list(kwargs.get("stop", ()))
+        kwargs["stop"] = stops + [s for s in task_stops if s not in stops]
+    return kwargs
+
+
 def hf_student_from_pretrained(
-    task: Any, seed: int = 0, model: str = "", **kwargs: Any
+    task: Any,
+    seed: int = 0,
+    model: str = "",
+    *,
+    dtype: str = "auto",
+    device: str | None = "auto",
+    **kwargs: Any,
 ) -> HFStudent:
     """Registry factory for ``student: hf``: a hub or local checkpoint.
 
     ``model`` is a hub id or a local directory; loading from the hub needs
-    network access, a local directory does not.
+    network access, a local directory does not. ``dtype`` (``"auto"``:
+    bfloat16 on CUDA, float32 on the CPU) and ``device`` choose where the
+    weights live; every other argument goes to :class:`HFStudent` (``lora``,
+    ``chat_template``, length limits, ...). A tokenizer without a pad token
+    pads with its eos token (padding is masked out, so which id is moot).
     """
     if not model:
         raise ValueError("student 'hf' needs student_kwargs.model (a hub id or a local path)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    kwargs = task_generation_defaults(task, kwargs)
     tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {model!r} has no eos token; the student needs one")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     with torch.random.fork_rng(devices=[]):  # seeds any fresh heads without touching global state
         torch.manual_seed(seed)
-        lm = AutoModelForCausalLM.from_pretrained(model)
-    return HFStudent(lm, tokenizer, seed=seed, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(model, **{_dtype_kwarg(): torch_dtype})
+    return HFStudent(lm, tokenizer, seed=seed, device=str(target), **kwargs)
+
+
+def _dtype_kwarg() -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"

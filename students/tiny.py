@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from teachgym.students.hf import HFStudent, Mode
+from teachgym.students.hf import HFStudent, Mode, task_generation_defaults
 from teachgym.students.tokenizer import build_char_tokenizer
 
 
@@ -95,9 +95,6 @@ def tiny_student_for_task(task: Any, seed: int = 0, **kwargs: Any) -> HFStudent:
         raise ValueError(
             f"the tiny student needs a task with an 'alphabet'; {type(task).__name__} has none"
         )
-    # Decode no further than the longest answer (plus its eos): a character more
-    # could only make an answer wrong, and every evaluation would pay for it.
-    longest = getattr(task, "max_answer_length", None)
-    if longest is not None:
-        kwargs.setdefault("max_new_tokens", int(longest) + 1)
-    return make_tiny_student(alphabet, seed=seed, **kwargs)
+    # Decode no further than the longest answer (plus its eos), and stop where
+    # the task says: the same rule as every pretrained student's.
+    return make_tiny_student(alphabet, seed=seed, **task_generation_defaults(task, kwargs))

@@ -238,8 +238,16 @@ def test_hf_student_loads_a_local_checkpoint(tmp_path):
     tiny = make_tiny_student(TASK.alphabet, seed=5, **SMALL)
     tiny.model.save_pretrained(tmp_path / "model")
     tiny.tokenizer.save_pretrained(tmp_path / "model")
+    # The same decoding length as the tiny student built above (the hf factory
+    # otherwise takes the task's answer length, as the tiny factory does).
     student = registry.build(
-        "student", "hf", task=TASK, seed=5, model=str(tmp_path / "model"), batch_size=16
+        "student",
+        "hf",
+        task=TASK,
+        seed=5,
+        model=str(tmp_path / "model"),
+        batch_size=16,
+        max_new_tokens=tiny.max_new_tokens,
     )
     problems = TASK.problems("val")
     assert student.predict(problems) == tiny.predict(problems)
