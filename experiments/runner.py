@@ -119,6 +119,11 @@ def _step_row(
     }
     if info.get("llm"):
         row["llm"] = dict(info["llm"])
+    # Examples cut at the student's length limits (reported only when a limit is set).
+    train = info.get("train", {})
+    truncated = {k: int(v) for k, v in train.items() if k.startswith("truncated_")}
+    if truncated:
+        row["truncated"] = truncated
     if "test_accuracy" in info:
         row["test_accuracy"] = info["test_accuracy"]
         row["test_skills"] = {s: v["accuracy"] for s, v in info["test_report"].items()}

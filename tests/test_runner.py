@@ -499,3 +499,14 @@ def test_import_teachgym_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_steps_jsonl_counts_examples_cut_at_the_students_length_limit(tmp_path):
+    # Arithmetic prompts are 4 to 8 characters; a 3-token limit cuts every one of them.
+    config = load_config(
+        SMOKE, {"budget": 200, "student_kwargs.max_prompt_tokens": 3, "threads": 1}
+    )
+    EpisodeRunner(config, tmp_path / "run").run()
+    rows = read_jsonl(tmp_path / "run" / "steps.jsonl")[1:]
+    assert rows and all(r["truncated"]["truncated_prompts"] == r["examples_accepted"] for r in rows)
+    assert all(r["truncated"]["truncated_completions"] == 0 for r in rows)
