@@ -76,3 +76,26 @@ def test_an_llm_teacher_and_generator_run_an_episode_logged_per_step(tmp_path):
     data = read_jsonl(tmp_path / "run" / "data" / "step_0001.jsonl")
     assert {d["skill"] for d in data} == {"add/carry"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == STEPS
+
+
+def test_the_packaged_llm_config_runs_against_a_server_at_its_base_url(tmp_path):
+    task = ArithmeticTask(val_per_skill=8, test_per_skill=8)
+    config_path = Path(default_config_path()).with_name("llm.yaml")
+    with StandIn(_script(task)) as server:
+        config = load_config(
+            config_path,
+            {
+                "llm.base_url": server.base_url,
+                "llm.cache_dir": str(tmp_path / "cache"),
+                "llm.max_attempts": 1,
+                "task_kwargs": {"val_per_skill": 8, "test_per_skill": 8},
+                "budget": 40,
+                "examples_per_step": 20,
+                "threads": 1,
+            },
+        )
+        EpisodeRunner(config, tmp_path / "run").run()
+        assert server.unscripted == 0 and server.remaining == 0
+    rows = read_jsonl(tmp_path / "run" / "steps.jsonl")[1:]
+    assert [r["examples_accepted"] for r in rows] == [20] * STEPS
+    assert all(r["llm"]["teacher"]["llm"]["ok"] == 1 for r in rows)
