@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import random
 import socket
@@ -465,22 +464,6 @@ def test_vllm_raw_reply_maps_finish_reason_and_tokens() -> None:
     output = SimpleNamespace(outputs=[completion], prompt_token_ids=[9] * 11)
     assert raw_reply(output) == RawReply('{"a": 1}', "length", 11, 3)
     assert raw_reply(SimpleNamespace(outputs=[], prompt_token_ids=[1])).text is None
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
-def test_vllm_engine_backend_structured_reply() -> None:  # pragma: no cover - needs vLLM
-    from teachgym.agents.llm import VLLMEngineBackend
-
-    class Pick(BaseModel):
-        answer: Literal["yes", "no"]
-
-    backend = VLLMEngineBackend(
-        "HuggingFaceTB/SmolLM2-135M-Instruct", enforce_eager=True, max_model_len=512
-    )
-    client = LLMClient(backend, max_attempts=2, timeout_s=120)
-    outs = client.complete([ask(f"Is {i} even? Answer yes or no.", Pick) for i in range(4)])
-    assert all(o.ok and isinstance(o.parsed, Pick) for o in outs), [o.error for o in outs]
 
 
 def test_scripted_keys_prefer_a_match(server: StandIn) -> None:

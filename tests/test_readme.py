@@ -81,3 +81,15 @@ def test_yaml_task_defaults_match_the_task(key):
 
     default = inspect.signature(ArithmeticTask).parameters[key].default
     assert load_config(default_config_path()).task_kwargs[key] == default
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(default_config_path()).parent.glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_packaged_config_loads_and_names_known_components(path):
+    from teachgym import registry
+
+    config = load_config(path)
+    for kind in ("task", "student", "generator", "teacher"):
+        assert callable(registry.resolve(kind, getattr(config, kind)))
+    assert f"experiments/configs/{path.name}" in README.read_text()
