@@ -423,10 +423,15 @@ class TeacherEnv(gym.Env):
         return report, predictions
 
     def close(self) -> None:
-        """Release the Ray actors of ``backend: ray`` (a no-op for local components)."""
+        """Release what the components hold: the Ray actors of ``backend: ray``, and a local
+        student's resources (a vLLM evaluation engine and its weight directories)."""
         if self._remote is not None:
             self._remote.close()
             self._remote = None
+        else:
+            close = getattr(self.student, "close", None)
+            if callable(close):
+                close()
         super().close()
 
     # -- hooks for subclasses ---------------------------------------------

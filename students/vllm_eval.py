@@ -459,11 +459,11 @@ class VLLMEvaluator:
         """An evaluator with an :class:`~teachgym.students.hf.HFStudent`'s decoding settings.
 
         ``model`` defaults to the directory the student's base model was loaded
-        from (``config._name_or_path``); the LoRA rank comes from its adapter.
+        from (its public ``base_checkpoint``); the stop tokens are its
+        ``stop_token_ids``; the LoRA rank comes from its adapter.
         """
         net = student.model
-        base = net.get_base_model() if hasattr(net, "get_base_model") else net
-        path = model or getattr(base.config, "_name_or_path", None)
+        path = model or student.base_checkpoint
         if not path or not Path(path).is_dir():
             raise ValueError(
                 f"the student's base checkpoint directory is unknown ({path!r}); pass model="
@@ -472,7 +472,7 @@ class VLLMEvaluator:
             "chat_template": student.chat_template,
             "max_new_tokens": student.max_new_tokens,
             "stop": student.stop,
-            "stop_token_ids": getattr(student, "_stop_ids", ()),
+            "stop_token_ids": tuple(student.stop_token_ids),
             "max_prompt_tokens": student.max_prompt_tokens,
             "lora": bool(student.lora),
         }

@@ -384,3 +384,13 @@ def test_accumulate_mode_retrains_on_all_data(fast):
     # batch 16: the second call trains on both steps' data from the base weights.
     n = first["examples_accepted"] + second["examples_accepted"]
     assert second["train"]["steps"] == -(-n // 16) > first["train"]["steps"]
+
+
+def test_env_close_closes_a_local_student(fast):
+    # A student with a vLLM evaluation engine holds it (and its weight directories) until
+    # closed; the env is what a user closes.
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    closed = []
+    env.unwrapped.student.close = lambda: closed.append(True)
+    env.close()
+    assert closed == [True]
