@@ -208,6 +208,23 @@ def test_correct_examples_accepted_wrong_ones_rejected_with_reasons(task):
     }
 
 
+def test_copies_of_the_problems_a_request_showed_are_rejected(task):
+    """A model that echoes the prompt's sampled problems (SmolLM2-135M does) has made
+    nothing: those are the task sampler's data, so they are not credited to the LLM."""
+    fresh = {"prompt": "57+68=", "answer": "521"}  # 125, least significant digit first
+
+    def echo(messages: list[dict[str, str]], sampling: Sampling) -> RawReply:
+        user = messages[-1]["content"]
+        shown = [json.loads(x) for x in user.splitlines() if x.startswith('{"prompt"')]
+        assert len(shown) == 3 and fresh["prompt"] not in {s["prompt"] for s in shown}
+        return _reply([*shown, fresh])
+
+    gen = _generator(task, ScriptedBackend(echo), examples_per_request=4)
+    examples, rejected = gen.generate(Allocation(counts={"add/carry": 4}), _context(task))
+    assert [(e.prompt, e.completion) for e in examples] == [(fresh["prompt"], fresh["answer"])]
+    assert rejected == {"copied_example": 3}
+
+
 def test_requests_per_skill_and_the_prompt_shows_format_examples_and_errors(task):
     val = task.problems("val")
     errors = [

@@ -162,10 +162,13 @@ class LLMGenerator:
     ``check`` says its answer is right (else ``wrong_answer``, or
     ``unparseable_prompt`` when the task cannot read the prompt), the task's
     ``skill_of`` agrees with its label (else ``wrong_skill``), and its prompt
-    is not in ``context.exclude`` (``excluded``) or already made this call
-    (``duplicate``). A request that failed counts ``llm_<reason>`` per example
-    it asked for; a reply with fewer examples than asked counts the rest as
-    ``short_reply``.
+    is not in ``context.exclude`` (``excluded``), not one of the sampled
+    problems a request of this call showed (``copied_example``: the task's
+    sampler made it, not the LLM, so keeping it would credit the LLM with the
+    sampler's data; measured: SmolLM2-135M's only correct examples were such
+    copies), and not already made this call (``duplicate``). A request that
+    failed counts ``llm_<reason>`` per example it asked for; a reply with fewer
+    examples than asked counts the rest as ``short_reply``.
 
     Args:
         task: the task (its optional ``sample``, ``check``, ``skill_of``,
@@ -233,6 +236,8 @@ class LLMGenerator:
         self.client: LLMClient = make_client(llm)
         self.model = str(getattr(getattr(self.client, "backend", None), "model", "") or "") or None
         self._step_key: tuple[int, int] | None = None
+        #: Normalized prompts of the sampled problems shown in this call's requests.
+        self._shown: set[str] = set()
         self._requests_this_step = 0
         self._unverified = 0
 
@@ -247,6 +252,7 @@ class LLMGenerator:
             return [], dict(rejected)
         base = int(context.rng.integers(2**31 - 1))
         text = plan.text if isinstance(plan, TextPlan) else ""
+        self._shown = set()  # filled by _examples while the requests are built
         requests = [self._request(job, i, base, text, context) for i, job in enumerate(jobs)]
         replies = self.client.complete(requests)
         out: list[Example] = []
@@ -409,6 +415,7 @@ class LLMGenerator:
                 key = normalize_prompt(problem.prompt)
                 if key not in context.exclude and key not in shown:
                     shown.add(key)
+                    self._shown.add(key)
                     lines.append(_example_line(problem, label if labelled else None))
                     break
         return "\n".join(lines) or "(none)"
@@ -470,6 +477,9 @@ class LLMGenerator:
         key = normalize_prompt(prompt)
         if key in context.exclude:
             rejected["excluded"] += 1
+            return None
+        if key in self._shown:
+            rejected["copied_example"] += 1
             return None
         if key in seen:
             rejected["duplicate"] += 1
