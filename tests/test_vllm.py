@@ -593,3 +593,29 @@ def test_full_weights_reload_in_place(
     evaluator.load_weights(smollm2_dir)
     assert evaluator.predict(problems) == base
     assert evaluator.info["cached_prompt_tokens"] == 0
+
+
+def test_serve_cli_passes_its_arguments_and_extra_args_to_the_launcher(monkeypatch, capsys):
+    import contextlib
+    import types
+
+    import teachgym.agents.llm.serve as serve
+
+    seen: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def recording_server(model, **kwargs):  # a stand-in for the launcher: no process
+        seen.update(model=model, **kwargs)
+        process = types.SimpleNamespace(wait=lambda: 0)
+        yield types.SimpleNamespace(
+            served_model_name=kwargs["served_model_name"],
+            base_url=f"http://127.0.0.1:{kwargs['port']}/v1",
+            process=process,
+        )
+
+    monkeypatch.setattr(serve, "vllm_server", recording_server)
+    argv = ["/ckpt", "--name", "teacher", "--port", "8011", "--enforce-eager", "--", "--seed", "3"]
+    assert serve.main(argv) == 0
+    assert seen["model"] == "/ckpt" and seen["served_model_name"] == "teacher"
+    assert seen["port"] == 8011 and seen["extra_args"] == ["--enforce-eager", "--seed", "3"]
+    assert "http://127.0.0.1:8011/v1" in capsys.readouterr().out

