@@ -808,7 +808,8 @@ class HFStudent:
             done |= torch.isin(nxt, stop_ids)
             if self.stop:
                 done |= self._stopped_by_string(generated, done)
-            if bool(done.all()):
+            # The last token needs no forward pass of its own (``generate`` runs none either).
+            if bool(done.all()) or len(generated) == self.max_new_tokens:
                 break
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             pos = pos + 1

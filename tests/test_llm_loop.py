@@ -111,7 +111,7 @@ def test_the_packaged_llm_config_runs_against_a_server_at_its_base_url(tmp_path)
 )
 def test_a_smollm2_lora_student_learns_from_an_llm_teacher_and_generator(tmp_path):
     """The CPU config with a real pretrained student (SmolLM2-135M, LoRA) end to end."""
-    task = ArithmeticTask(val_per_skill=8, test_per_skill=8)
+    task = ArithmeticTask(skills=["add/carry", "cmp/3d"], val_per_skill=8, test_per_skill=8)
     config_path = Path(default_config_path()).with_name("smollm2_cpu.yaml")
     with StandIn(_script(task)) as server:
         config = load_config(
@@ -121,6 +121,9 @@ def test_a_smollm2_lora_student_learns_from_an_llm_teacher_and_generator(tmp_pat
                 "llm.model": "stand-in-model",
                 "llm.cache_dir": str(tmp_path / "cache"),
                 "llm.max_attempts": 1,
+                # Two skills keep the pretrained student's decoding (every step's evaluation)
+                # to a minute or two on 2 cores.
+                "task_kwargs.skills": ["add/carry", "cmp/3d"],
                 "budget": 40,
                 "examples_per_step": 20,
             },
