@@ -738,7 +738,7 @@ class HFStudent:
         if folder.exists():  # left by a previous student sharing eval_dir
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        self.model.save_pretrained(str(folder))
+        _save_quietly(self.model, folder)
         if self.lora:
             self._eval_adapter = folder
         else:
@@ -867,7 +867,7 @@ class HFStudent:
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
+        _save_quietly(self.model, path)
         if self._opt is not None:
             torch.save(self._opt.state_dict(), path / _OPTIMIZER_FILE)
         state = {
@@ -1080,6 +1080,21 @@ def task_generation_defaults(task: Any, kwargs: dict[str, Any]) -> dict[str, Any
         stops = list(kwargs.get("stop", ()))
         kwargs["stop"] = stops + [s for s in task_stops if s not in stops]
     return kwargs
+
+
+def _save_quietly(model: Any, path: Path) -> None:
+    """``save_pretrained`` without its per-call progress bar: a run saves every step, and
+    a bar per checkpoint would bury the run's own progress display. The global setting
+    is restored, so a user's own transformers calls keep their bars."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(path))
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def hf_student_from_pretrained(

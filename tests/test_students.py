@@ -264,3 +264,14 @@ def test_student_trains_and_predicts_on_cuda():
     metrics = student.train(_examples(64))
     assert metrics["steps"] == 4
     assert len(student.predict(TASK.problems("val"))) == len(TASK.problems("val"))
+
+
+def test_a_checkpoint_save_prints_nothing(tmp_path, capfd):
+    # A run saves every step; transformers' per-save progress bar would bury the run's own.
+    from transformers.utils import logging as hf_logging
+
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
+    student.save(tmp_path / "ckpt")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert hf_logging.is_progress_bar_enabled()  # the global setting is left as it was
