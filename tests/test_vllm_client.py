@@ -39,7 +39,13 @@ def test_the_engine_backend_returns_schema_valid_replies_in_request_order(tmp_pa
     backend = VLLMEngineBackend(
         str(smollm2_checkpoint()), enforce_eager=True, max_model_len=1024, dtype="float32"
     )
-    client = LLMClient(backend, max_attempts=2, timeout_s=300, cache_dir=tmp_path)
+    try:
+        _ask_and_check(LLMClient(backend, max_attempts=2, timeout_s=300, cache_dir=tmp_path))
+    finally:
+        backend.close()
+
+
+def _ask_and_check(client: LLMClient) -> None:
     questions = [f"Is {i} an even number? Answer yes or no." for i in range(6)]
     requests = [
         LLMRequest(

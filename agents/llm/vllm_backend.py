@@ -103,6 +103,16 @@ class VLLMEngineBackend:
         self._jobs.put(job)
         return await future
 
+    def close(self) -> None:
+        """Stop the engine's core process now rather than at interpreter exit, where its
+        monitor thread would log into streams that are already closed."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(core, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+
     def _ensure_worker(self) -> None:
         with self._worker_lock:
             if self._worker is None or not self._worker.is_alive():
