@@ -100,7 +100,90 @@ def to_action(weights: np.ndarray) -> np.ndarray:
     return np.clip(w / top, 0.0, 1.0).astype(np.float32)
 
 
-class SkillListTeacher:
+#: How a refused state's identity key reads in the error.
+_IDENTITY_NAMES = {"skills": "skill list"}
+
+
+def examples_per_step(env: Any) -> int | None:
+    """The env's step size from its config, or None for a stand-in env without one."""
+    config = getattr(getattr(env, "unwrapped", env), "config", None)
+    value = getattr(config, "examples_per_step", None)
+    return int(value) if value is not None else None
+
+
+class SeededTeacher:
+    """Base for built-in teachers: a seed, the teacher's one RNG, and checked state.
+
+    It owns the teacher's only randomness (one seeded numpy Generator, so a
+    seed fully determines the actions) and saves and restores that RNG.
+    Subclasses add their own state through :meth:`_extra_state` /
+    :meth:`_load_extra_state` instead of overriding :meth:`state_dict`, so the
+    RNG and the identity checks cannot be forgotten: a state saved by another
+    teacher class, or for another env (:meth:`_identity`), is refused rather
+    than half-loaded.
+    """
+
+    def __init__(self, env: Any, seed: int = 0) -> None:
+        check_number("seed", seed, low=0, integer=True)
+        self.env = env
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.step_size = examples_per_step(env)
+
+    def cap(self, budget_left: int | None) -> int:
+        """Examples the next step may use: the step size, or the budget left if smaller."""
+        sizes = [x for x in (self.step_size, budget_left) if x is not None]
+        return max(0, min(sizes)) if sizes else 0
+
+    def update(
+        self,
+        observation: Any,
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        info: Mapping[str, Any],
+    ) -> None:
+        """Fixed heuristics do not learn; they read everything they need in ``act``."""
+        return None
+
+    def _identity(self) -> dict[str, Any]:
+        """What a saved state must match besides the class (SkillList: the skill order)."""
+        return {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Subclass state to checkpoint (JSON-safe)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_extra_state` returned."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        # PCG64's state is plain dicts and (big) Python ints, which JSON keeps exactly.
+        return {
+            "teacher": type(self).__name__,
+            **self._identity(),
+            "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "extra": self._extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("teacher") != type(self).__name__:
+            raise ValueError(
+                f"state was saved by teacher {state.get('teacher')!r}, "
+                f"cannot load it into {type(self).__name__}"
+            )
+        for key, value in self._identity().items():
+            if state.get(key) != value:
+                what = _IDENTITY_NAMES.get(key, key)
+                raise ValueError(
+                    f"state was saved for a different {what} ({state.get(key)!r} vs {value!r})"
+                )
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self._load_extra_state(copy.deepcopy(state.get("extra", {})))
+
+
+class SkillListTeacher(SeededTeacher):
     """Base for teachers that act on ``teachgym/SkillList-v0``.
 
     It fixes the skill order once (``env.unwrapped.skills``, the order of the
@@ -121,9 +204,7 @@ class SkillListTeacher:
         self.skills: list[str] = [str(s) for s in skills]
         if not self.skills:
             raise ValueError(f"{type(self).__name__} needs at least one skill; env has none")
-        check_number("seed", seed, low=0, integer=True)
-        self.seed = int(seed)
-        self.rng = np.random.default_rng(self.seed)
+        super().__init__(env, seed)
 
     @property
     def num_skills(self) -> int:
@@ -154,44 +235,5 @@ class SkillListTeacher:
     def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
         raise NotImplementedError
 
-    def update(
-        self,
-        observation: Any,
-        reward: float,
-        terminated: bool,
-        truncated: bool,
-        info: Mapping[str, Any],
-    ) -> None:
-        """Fixed heuristics do not learn; they read everything they need in :meth:`act`."""
-        return None
-
-    def _extra_state(self) -> dict[str, Any]:
-        """Subclass state to checkpoint (JSON-safe)."""
-        return {}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`_extra_state` returned."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        # PCG64's state is plain dicts and (big) Python ints, which JSON keeps exactly.
-        return {
-            "teacher": type(self).__name__,
-            "skills": list(self.skills),
-            "rng": copy.deepcopy(self.rng.bit_generator.state),
-            "extra": self._extra_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("teacher") != type(self).__name__:
-            raise ValueError(
-                f"state was saved by teacher {state.get('teacher')!r}, "
-                f"cannot load it into {type(self).__name__}"
-            )
-        if list(state.get("skills", [])) != self.skills:
-            raise ValueError(
-                "state was saved for a different skill list "
-                f"({state.get('skills')!r} vs {self.skills!r})"
-            )
-        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
-        self._load_extra_state(copy.deepcopy(state.get("extra", {})))
+    def _identity(self) -> dict[str, Any]:
+        return {"skills": list(self.skills)}

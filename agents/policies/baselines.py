@@ -48,6 +48,17 @@ class RandomTeacher(SkillListTeacher):
         return to_action(shares)
 
 
+def weakness_shares(acc: Any, power: float, eps: float, floor: float) -> np.ndarray:
+    """Shares (sum 1) that grow with weakness: ``(1 - acc + eps) ** power``, mixed with an
+    even ``floor`` so no skill is starved. An unmeasured skill (NaN) counts as unknown,
+    i.e. as weak as possible."""
+    acc = np.clip(np.nan_to_num(np.asarray(acc, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    raw = (1.0 - acc + eps) ** power
+    total = raw.sum()
+    greedy = raw / total if total > 0 else np.full(len(acc), 1.0 / len(acc))
+    return floor / len(acc) + (1.0 - floor) * greedy
+
+
 class WeakestTeacher(SkillListTeacher):
     """Most data to the skills the student is worst at.
 
@@ -87,13 +98,7 @@ class WeakestTeacher(SkillListTeacher):
 
     def shares(self, observation: Any) -> np.ndarray:
         """Fractions of the step's examples per skill (sum 1); exposed for inspection."""
-        acc = self._accuracy(observation)
-        # An unmeasured skill (NaN) is treated as unknown, i.e. as weak as possible.
-        acc = np.clip(np.nan_to_num(acc, nan=0.0), 0.0, 1.0)
-        raw = (1.0 - acc + self.eps) ** self.power
-        total = raw.sum()
-        greedy = raw / total if total > 0 else np.full(self.num_skills, 1.0 / self.num_skills)
-        return self.floor / self.num_skills + (1.0 - self.floor) * greedy
+        return weakness_shares(self._accuracy(observation), self.power, self.eps, self.floor)
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
         return to_action(self.shares(observation))

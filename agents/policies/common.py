@@ -11,15 +11,11 @@ this package).
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
-
-from teachgym.agents.policies.base import check_number
 from teachgym.types import Allocation
 
 EnvKind = Literal["skill_list", "open_ended", "skill_tree"]
@@ -40,13 +36,6 @@ def env_kind(env: Any) -> EnvKind | None:
         if isinstance(core, cls):
             return kind  # type: ignore[return-value]
     return None
-
-
-def examples_per_step(env: Any) -> int | None:
-    """The env's step size from its config, or None for a stand-in env without one."""
-    config = getattr(getattr(env, "unwrapped", env), "config", None)
-    value = getattr(config, "examples_per_step", None)
-    return int(value) if value is not None else None
 
 
 # -- OpenEnded observations ------------------------------------------------
@@ -177,60 +166,6 @@ def format_plan(counts: Mapping[str, int]) -> str:
 def split(skills: Sequence[str], weights: Any, total: int) -> dict[str, int]:
     """``total`` examples over ``skills`` in proportion to ``weights`` (exact sum)."""
     return dict(Allocation.from_weights(list(skills), weights, max(0, int(total))).counts)
-
-
-class SeededTeacher:
-    """Base for OpenEnded and SkillTree teachers: a seed, one RNG, checked state.
-
-    The same contract as :class:`~teachgym.agents.policies.base.SkillListTeacher`
-    without the skill vector: the RNG and the subclass's
-    :meth:`_extra_state` are saved, and a state saved by another teacher
-    class is refused rather than half-loaded.
-    """
-
-    def __init__(self, env: Any, seed: int = 0) -> None:
-        check_number("seed", seed, low=0, integer=True)
-        self.env = env
-        self.seed = int(seed)
-        self.rng = np.random.default_rng(self.seed)
-        self.step_size = examples_per_step(env)
-
-    def cap(self, budget_left: int | None) -> int:
-        """Examples the next step may use: the step size, or the budget left if smaller."""
-        sizes = [x for x in (self.step_size, budget_left) if x is not None]
-        return max(0, min(sizes)) if sizes else 0
-
-    def update(
-        self,
-        observation: Any,
-        reward: float,
-        terminated: bool,
-        truncated: bool,
-        info: Mapping[str, Any],
-    ) -> None:
-        return None
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "teacher": type(self).__name__,
-            "rng": copy.deepcopy(self.rng.bit_generator.state),
-            "extra": self._extra_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("teacher") != type(self).__name__:
-            raise ValueError(
-                f"state was saved by teacher {state.get('teacher')!r}, "
-                f"cannot load it into {type(self).__name__}"
-            )
-        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
-        self._load_extra_state(copy.deepcopy(state.get("extra", {})))
 
 
 def name_lookup(skills: Sequence[str]) -> dict[str, str]:

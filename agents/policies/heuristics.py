@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from teachgym.agents.policies.base import check_number
+from teachgym.agents.policies.base import SeededTeacher, check_number
+from teachgym.agents.policies.baselines import weakness_shares
 from teachgym.agents.policies.common import (
-    SeededTeacher,
     TreeNode,
     format_plan,
     measured_accuracy,
@@ -235,10 +235,8 @@ class TreeWeakestTeacher(SeededTeacher):
     def target(self, nodes: Sequence[TreeNode], total: int) -> dict[str, int]:
         leaves = [n.skill for n in nodes if n.is_leaf]
         measured = measured_accuracy(nodes)
-        acc = np.array([measured[s] if measured[s] is not None else 0.0 for s in leaves])
-        raw = (1.0 - np.clip(acc, 0.0, 1.0) + self.eps) ** self.power
-        greedy = raw / raw.sum() if raw.sum() > 0 else np.full(len(leaves), 1.0 / len(leaves))
-        return split(leaves, self.floor / len(leaves) + (1.0 - self.floor) * greedy, total)
+        acc = [measured[s] if measured[s] is not None else 0.0 for s in leaves]
+        return split(leaves, weakness_shares(acc, self.power, self.eps, self.floor), total)
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> TreeAction:
         nodes = parse_tree(observation)

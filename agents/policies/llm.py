@@ -34,11 +34,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
-from teachgym.agents.policies.base import SkillListTeacher, check_number, to_action
+from teachgym.agents.policies.base import SeededTeacher, SkillListTeacher, check_number, to_action
 from teachgym.agents.policies.common import (
-    SeededTeacher,
     TreeNode,
-    examples_per_step,
     format_errors,
     format_plan,
     name_lookup,
@@ -398,7 +396,6 @@ class LLMSkillListTeacher(_LLMTeacher, SkillListTeacher):
     ) -> None:
         SkillListTeacher.__init__(self, env, seed)
         self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
-        self.step_size = examples_per_step(env)
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
         acc = self._accuracy(observation)
