@@ -32,7 +32,6 @@ identical token ids in identical batches should agree exactly.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 
 from teachgym import registry
+from teachgym.agents.llm.serve import quiet_vllm
 from teachgym.config import load_config
 from teachgym.runtime import cpu_name, default_threads, set_torch_threads
 from teachgym.types import Problem
@@ -249,8 +249,7 @@ def main() -> None:
     if args.vllm:
         if args.model != "smollm2":
             parser.error("--vllm needs --model smollm2 (vLLM loads a checkpoint directory)")
-        for key in ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "VLLM_DO_NOT_TRACK", "HF_HUB_OFFLINE"):
-            os.environ[key] = "1"  # before anything imports vLLM: no usage stats, no hub
+        quiet_vllm(offline=True)  # before anything imports vLLM: no usage stats, no hub
     set_torch_threads(args.threads)
     preset = PRESETS[args.model]
     config = load_config()

@@ -46,6 +46,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from teachgym.agents.llm.serve import quiet_vllm
+
 #: Files of a peft adapter directory that determine its weights (what a fingerprint reads).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 #: Name prefix of the adapters this module registers; the id makes each name unique,
@@ -405,10 +407,8 @@ class VLLMEvaluator:
         keep_adapters: int = 8,
         engine_extra: Mapping[str, Any] | None = None,
     ) -> None:
-        # vLLM posts usage statistics to a remote server unless told not to; the
-        # engine is built from a local path, so the hub is never needed either.
-        for key in ("VLLM_NO_USAGE_STATS", "VLLM_DO_NOT_TRACK", "DO_NOT_TRACK", "HF_HUB_OFFLINE"):
-            os.environ.setdefault(key, "1")
+        # The engine is built from a local path, so the hub is never needed either.
+        quiet_vllm(offline=True)
         try:
             import vllm
             from vllm.lora.request import LoRARequest

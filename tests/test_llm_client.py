@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import socket
 import subprocess
@@ -483,3 +484,16 @@ def test_a_corrupt_cache_entry_is_a_miss_and_is_replaced(server: StandIn, tmp_pa
     assert out.ok and not out.cached and len(server.requests) == 2
     [out] = client.complete([ask()])
     assert out.cached and len(server.requests) == 2
+
+
+def test_the_engine_backend_turns_vllm_usage_statistics_off_before_importing_it(monkeypatch):
+    # vLLM posts usage statistics to a remote server unless told not to, at import time.
+    from teachgym.agents.llm import VLLMEngineBackend
+
+    for key in ("VLLM_NO_USAGE_STATS", "VLLM_DO_NOT_TRACK", "DO_NOT_TRACK", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # importing it fails, wherever it is installed
+    with pytest.raises(ImportError):
+        VLLMEngineBackend("some/model")
+    assert os.environ["VLLM_NO_USAGE_STATS"] == "1" and os.environ["DO_NOT_TRACK"] == "1"
+    assert "HF_HUB_OFFLINE" not in os.environ  # a hub id is the caller's choice here

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from teachgym.agents.llm.serve import quiet_vllm
 from teachgym.agents.llm.types import LLMCallError, RawReply, Sampling
 
 
@@ -67,6 +68,7 @@ class VLLMEngineBackend:
 
     def __init__(self, model: str, *, batch_wait_s: float = 0.005, **engine_kwargs: Any) -> None:
         try:
+            quiet_vllm(offline=False)  # a hub id is allowed here; usage statistics never are
             import vllm
             from vllm.sampling_params import SamplingParams, StructuredOutputsParams
         except ImportError as err:
