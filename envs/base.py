@@ -21,12 +21,13 @@ from gymnasium import spaces
 from teachgym import registry
 from teachgym.agents.generators.base import GenerationContext, Generator, Plan
 from teachgym.config import ExperimentConfig, build_config
+from teachgym.envs.evaluation import build_report, score_outputs
 from teachgym.envs.filtering import ExampleFilter
 from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.base import Split, Task
 from teachgym.runtime import set_torch_threads
 from teachgym.students.base import Student
-from teachgym.types import Allocation, ErrorCase, EvalReport, Example, Prediction, SkillStats
+from teachgym.types import Allocation, EvalReport, Example, Prediction
 
 #: Printable ASCII with whitespace. No longer the charset of any space (see
 #: :class:`UnicodeText`); kept for code that wants an ASCII-only check.
@@ -388,39 +389,20 @@ class TeacherEnv(gym.Env):
         return made, accepted, rejected, gen_rejected
 
     def evaluate(self, split: Split) -> tuple[EvalReport, list[Prediction]]:
-        """Score the student on a split, per skill, with a bounded error sample."""
+        """Score the student on a split, per skill, with a bounded error sample.
+
+        The task scores the whole split in one call (:func:`score_outputs`),
+        so a task that scores in parallel (the ``code`` task's sandbox pool)
+        does; the report comes from the pure :func:`build_report`.
+        """
         problems = self._val if split == "val" else self._test
         outputs = self.student.predict(problems)
         if len(outputs) != len(problems):
             raise RuntimeError(
                 f"student returned {len(outputs)} outputs for {len(problems)} problems"
             )
-        correct: Counter[str] = Counter()
-        total: Counter[str] = Counter()
-        predictions: list[Prediction] = []
-        errors_by_skill: dict[str, list[ErrorCase]] = {}
-        for problem, output in zip(problems, outputs, strict=True):
-            ok = bool(self.task.score(problem, output))
-            total[problem.skill] += 1
-            correct[problem.skill] += ok
-            predictions.append(
-                Prediction(problem_id=problem.id, completion=output, correct=ok, score=float(ok))
-            )
-            if not ok:
-                errors_by_skill.setdefault(problem.skill, []).append(
-                    ErrorCase(
-                        problem_id=problem.id,
-                        skill=problem.skill,
-                        prompt=problem.prompt,
-                        student_answer=output,
-                        gold_answer=problem.answer,
-                    )
-                )
-        skills = {s: SkillStats(skill=s, correct=correct[s], total=total[s]) for s in total}
-        report = EvalReport(
-            split=split, skills=skills, errors=_round_robin(errors_by_skill, self.config.max_errors)
-        )
-        return report, predictions
+        scores = score_outputs(self.task, problems, outputs)
+        return build_report(split, problems, outputs, scores, self.config.max_errors)
 
     def close(self) -> None:
         """Release what the components hold: the Ray actors of ``backend: ray``, and a local
@@ -572,14 +554,3 @@ def _report_dict(report: EvalReport) -> dict[str, dict[str, float]]:
         s: {"accuracy": st.accuracy, "correct": st.correct, "total": st.total}
         for s, st in report.skills.items()
     }
-
-
-def _round_robin(by_skill: dict[str, list[ErrorCase]], limit: int) -> list[ErrorCase]:
-    """Up to ``limit`` errors, taking one skill at a time so every skill shows."""
-    out: list[ErrorCase] = []
-    queues = [list(v) for v in by_skill.values()]
-    while len(out) < limit and any(queues):
-        for q in queues:
-            if q and len(out) < limit:
-                out.append(q.pop(0))
-    return out

@@ -66,28 +66,52 @@ GENERIC_FORMAT = (
 )
 
 
-class _Item(BaseModel):
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    answer: str = Field(max_length=MAX_ANSWER_CHARS)
+@cache
+def item_model(
+    labelled: bool = False,
+    prompt_chars: int = MAX_PROMPT_CHARS,
+    answer_chars: int = MAX_ANSWER_CHARS,
+    extra: tuple[tuple[str, int], ...] = (),
+) -> type[BaseModel]:
+    """One generated example: ``prompt``, ``answer``, the ``skill`` of a text plan's
+    example, and the task's ``generation_fields`` (``extra``, with their bounds)."""
+    fields: dict[str, Any] = {}
+    if labelled:
+        fields["skill"] = (str, Field(max_length=MAX_SKILL_CHARS))
+    fields["prompt"] = (str, Field(max_length=prompt_chars))
+    fields["answer"] = (str, Field(max_length=answer_chars))
+    for name, bound in extra:
+        fields[name] = (str, Field(max_length=bound))
+    suffix = _bounds_suffix(prompt_chars, answer_chars, extra)
+    return create_model(f"_{'Labelled' if labelled else ''}Item{suffix}", **fields)
 
 
-class _LabelledItem(BaseModel):
-    skill: str = Field(max_length=MAX_SKILL_CHARS)
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    answer: str = Field(max_length=MAX_ANSWER_CHARS)
+def _bounds_suffix(prompt_chars: int, answer_chars: int, extra: tuple[tuple[str, int], ...]) -> str:
+    """Empty for the default bounds (so their schemas, and cache keys, never change), else
+    a stable digest of the bounds: two item shapes never share a schema title."""
+    if (prompt_chars, answer_chars, extra) == (MAX_PROMPT_CHARS, MAX_ANSWER_CHARS, ()):
+        return ""
+    return "_" + hashlib.sha256(repr((prompt_chars, answer_chars, extra)).encode()).hexdigest()[:8]
 
 
 @cache
-def batch_model(n: int, labelled: bool = False) -> type[BaseModel]:
+def batch_model(
+    n: int,
+    labelled: bool = False,
+    prompt_chars: int = MAX_PROMPT_CHARS,
+    answer_chars: int = MAX_ANSWER_CHARS,
+    extra: tuple[tuple[str, int], ...] = (),
+) -> type[BaseModel]:
     """The reply model of a request for ``n`` examples: ``{examples: [...]}`` of at most ``n``.
 
-    One class per ``(n, labelled)``, made once, so its JSON schema (part of the
+    One class per argument tuple, made once, so its JSON schema (part of the
     client's cache key) is the same in every run. Empty strings are allowed by
     the schema and dropped per example (``empty_example``): one blank item must
     not fail, and so resend, a whole batch.
     """
-    item = _LabelledItem if labelled else _Item
+    item = item_model(labelled, prompt_chars, answer_chars, extra)
     name = f"{'Labelled' if labelled else ''}Examples{n}"
+    name += _bounds_suffix(prompt_chars, answer_chars, extra)
     return create_model(name, examples=(list[item], Field(max_length=n)))  # type: ignore[valid-type]
 
 
@@ -185,6 +209,28 @@ class LLMGenerator:
             limit but the one ``max_examples`` implies.
         format_examples: sampled problems shown per request.
         errors_shown: student errors shown per request at most.
+        max_prompt_chars, max_answer_chars: the reply schema's bounds on a
+            generated prompt and answer. ``None``: twice the task's longest
+            validation prompt (answer), and never below 400 (200) characters,
+            so a GSM8K solution or a HumanEval function fits where an
+            arithmetic answer needs 200.
+        cross_check: ask the LLM to solve every generated problem a second
+            time, independently (the task's format description as the system
+            message, the prompt alone as the user message), and drop the
+            example when the task's ``answers_agree`` says the two answers
+            differ (``disagreement``) or the second request failed
+            (``cross_check_failed``). For tasks that cannot compute an answer
+            themselves (GSM8K, MATH); needs ``answers_agree`` on the task.
+        cross_check_temperature, cross_check_max_tokens: sampling of those
+            second requests (greedy by default: the most likely solution is
+            the best second opinion).
+
+    After the per-example checks above, a task with ``verify`` checks the
+    survivors in one batch (the ``code`` task runs each generated function
+    against its generated tests in the sandbox) and its reasons are counted as
+    they come (``failed_tests``, ``no_final_answer``, ...); the task's
+    ``generation_fields`` are added to the reply schema so the LLM writes
+    what ``verify`` needs.
     """
 
     name = "llm"
@@ -202,6 +248,11 @@ class LLMGenerator:
         max_requests_per_step: int | None = None,
         format_examples: int = 3,
         errors_shown: int = 5,
+        max_prompt_chars: int | None = None,
+        max_answer_chars: int | None = None,
+        cross_check: bool = False,
+        cross_check_temperature: float = 0.0,
+        cross_check_max_tokens: int = 1024,
     ) -> None:
         if llm is None:
             raise ValueError(
@@ -233,6 +284,30 @@ class LLMGenerator:
         self.max_requests_per_step = max_requests_per_step
         self.format_examples = int(format_examples)
         self.errors_shown = int(errors_shown)
+        self.prompt_chars, self.answer_chars = _bounds(task, max_prompt_chars, max_answer_chars)
+        fields = dict(getattr(task, "generation_fields", None) or {})
+        for name, bound in fields.items():
+            if name in ("prompt", "answer", "skill") or not isinstance(bound, int) or bound < 1:
+                raise ValueError(
+                    f"{type(task).__name__}.generation_fields: {name!r}: {bound!r} is not a new "
+                    "field name with a positive length bound"
+                )
+        self.extra_fields: tuple[tuple[str, int], ...] = tuple(sorted(fields.items()))
+        if cross_check and not callable(getattr(task, "answers_agree", None)):
+            raise ValueError(
+                f"cross_check needs a task with answers_agree(); {type(task).__name__} has none"
+            )
+        if not 0.0 <= cross_check_temperature <= 2.0:
+            raise ValueError(
+                f"cross_check_temperature must be in [0, 2], got {cross_check_temperature!r}"
+            )
+        if not isinstance(cross_check_max_tokens, int) or cross_check_max_tokens < 1:
+            raise ValueError(
+                f"cross_check_max_tokens must be an integer >= 1, got {cross_check_max_tokens!r}"
+            )
+        self.cross_check = bool(cross_check)
+        self.cross_check_temperature = float(cross_check_temperature)
+        self.cross_check_max_tokens = cross_check_max_tokens
         self.client: LLMClient = make_client(llm)
         self.model = str(getattr(getattr(self.client, "backend", None), "model", "") or "") or None
         self._step_key: tuple[int, int] | None = None
@@ -256,6 +331,7 @@ class LLMGenerator:
         requests = [self._request(job, i, base, text, context) for i, job in enumerate(jobs)]
         replies = self.client.complete(requests)
         out: list[Example] = []
+        items_kept: list[Any] = []
         seen: set[str] = set()
         for job, request, reply in zip(jobs, requests, replies, strict=True):
             if not reply.ok or reply.parsed is None:
@@ -269,6 +345,9 @@ class LLMGenerator:
                 example = self._keep(item, job, context, seen, source, rejected)
                 if example is not None:
                     out.append(example)
+                    items_kept.append(item)
+        out = self._verify(out, items_kept, rejected)
+        out = self._cross_check(out, base, context, rejected)
         cap = max(0, context.max_examples)
         if len(out) > cap:  # cannot happen with maxItems honoured; kept as the protocol's rule
             rejected["over_budget"] += len(out) - cap
@@ -367,7 +446,9 @@ class LLMGenerator:
         system = self.prompts["system"].substitute(dict.fromkeys(_PLACEHOLDERS, ""))
         return LLMRequest(
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-            response_model=batch_model(job.n, labelled=job.skill is None),
+            response_model=batch_model(
+                job.n, job.skill is None, self.prompt_chars, self.answer_chars, self.extra_fields
+            ),
             sampling=Sampling(
                 temperature=self.temperature,
                 top_p=self.top_p,
@@ -492,6 +573,79 @@ class LLMGenerator:
         seen.add(key)
         return example
 
+    def _verify(
+        self, examples: list[Example], items: list[Any], rejected: Counter[str]
+    ) -> list[Example]:
+        """The examples the task's batched ``verify`` keeps; its reasons counted."""
+        verify = getattr(self.task, "verify", None)
+        if not examples or not callable(verify):
+            return examples
+        candidates = [
+            {
+                "prompt": ex.prompt,
+                "answer": ex.completion,
+                **{name: str(getattr(item, name, "")).strip() for name, _ in self.extra_fields},
+            }
+            for ex, item in zip(examples, items, strict=True)
+        ]
+        verdicts = list(verify(candidates))
+        if len(verdicts) != len(examples):
+            raise RuntimeError(
+                f"{type(self.task).__name__}.verify returned {len(verdicts)} verdicts for "
+                f"{len(examples)} candidates"
+            )
+        kept: list[Example] = []
+        for example, verdict in zip(examples, verdicts, strict=True):
+            if verdict is None:
+                kept.append(example)
+            else:
+                rejected[str(verdict)] += 1
+        return kept
+
+    def _cross_check(
+        self,
+        examples: list[Example],
+        base: int,
+        context: GenerationContext,
+        rejected: Counter[str],
+    ) -> list[Example]:
+        """Keep the examples a second, independent solution by the LLM agrees with.
+
+        One request per example, all sent together; a request's seed comes from
+        the example's own request seed and its prompt, so reruns hit the cache.
+        """
+        if not self.cross_check or not examples:
+            return examples
+        system = (
+            "Solve the problem. Show your reasoning, then give the final answer.\n"
+            f"Format: {self._format(None)}"
+        )
+        round_index = int(context.extra.get("round", 0))
+        requests = [
+            LLMRequest(
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": ex.prompt},
+                ],
+                sampling=Sampling(
+                    temperature=self.cross_check_temperature,
+                    max_tokens=self.cross_check_max_tokens,
+                    seed=self._seed(context.step, round_index, base, 1_000_000 + i),
+                ),
+            )
+            for i, ex in enumerate(examples)
+        ]
+        agree = self.task.answers_agree
+        kept: list[Example] = []
+        for example, reply in zip(examples, self.client.complete(requests), strict=True):
+            if not reply.ok or not reply.text:
+                rejected["cross_check_failed"] += 1
+            elif agree(example.completion, reply.text):
+                kept.append(example)
+            else:
+                rejected["disagreement"] += 1
+        return kept
+
     def _same_skill(self, family: str, label: str) -> bool:
         """Does a prompt of task skill ``family`` fit the label ``label``?
 
@@ -508,6 +662,23 @@ class LLMGenerator:
         if tree is not None and label in tree:
             return False
         return family.split("/", 1)[0] == label.split("/", 1)[0]
+
+
+def _bounds(task: Any, prompt_chars: int | None, answer_chars: int | None) -> tuple[int, int]:
+    """The reply schema's bounds: given, or twice the task's longest validation item."""
+    longest_prompt = longest_answer = 0
+    if prompt_chars is None or answer_chars is None:
+        for problem in task.problems("val"):
+            longest_prompt = max(longest_prompt, len(problem.prompt))
+            longest_answer = max(longest_answer, len(problem.answer))
+    if prompt_chars is None:
+        prompt_chars = max(MAX_PROMPT_CHARS, 2 * longest_prompt)
+    if answer_chars is None:
+        answer_chars = max(MAX_ANSWER_CHARS, 2 * longest_answer)
+    for name, value in (("max_prompt_chars", prompt_chars), ("max_answer_chars", answer_chars)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1 or null, got {value!r}")
+    return prompt_chars, answer_chars
 
 
 def _related(a: str, b: str) -> bool:

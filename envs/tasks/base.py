@@ -41,6 +41,27 @@ class Task(Protocol):
     - ``format_description(skill: str) -> str``: how this task writes a
       prompt and its answer, in words, for a generator that cannot show
       sampled problems (a task without ``sample``). Never an evaluation item.
+    - ``score_batch(problems, outputs) -> list[bool]``: scores a whole split
+      in one call, so a task can score in parallel (the ``code`` task runs
+      its sandboxes in a pool). The env uses it when present and ``score``
+      otherwise (:func:`~teachgym.envs.evaluation.score_outputs`); the two
+      must agree.
+    - ``verify(candidates) -> list[str | None]``: a batched check of
+      generated examples too costly for ``check`` (running code in a
+      sandbox) or for tasks that cannot compute an answer (a GSM8K word
+      problem). Each candidate is a mapping with ``prompt``, ``answer`` and
+      the task's ``generation_fields``; a verdict is ``None`` (keep) or the
+      rejection reason the ``llm`` generator counts (``failed_tests``,
+      ``no_final_answer``, ...).
+    - ``generation_fields: Mapping[str, int]``: extra string fields, with
+      their maximum length, that a generated example must carry for
+      ``verify`` (the ``code`` task's ``{"test": ...}``: a generated function
+      comes with the tests it must pass). They are not trained on.
+    - ``answers_agree(answer: str, output: str) -> bool``: whether a second,
+      independent solution ``output`` reaches the same final answer as the
+      generated ``answer``. With it, the ``llm`` generator's ``cross_check``
+      asks the LLM to solve each generated problem again and drops examples
+      whose two answers disagree (``rejected["disagreement"]``).
     """
 
     name: str
