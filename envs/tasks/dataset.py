@@ -1,0 +1,640 @@
+"""One base for tasks whose problems are a fixed pool of rows (GSM8K, MATH, HumanEval).
+
+Such a task cannot make fresh problems, so everything it offers comes from
+splitting the rows it was given: an evaluation set the student is tested on
+(``test``), a validation set the teacher sees every step (``val``) and the
+rest, a train pool that ``sample`` draws from to show a generator what the
+task's problems look like. Getting the split right is the whole job: a val
+item that is also a test item, or a train item that is an evaluation item,
+lets a teacher score by leaking evaluation data. So the split rules live here,
+once, and the per-dataset subclasses only say how to read a row and how to
+compare answers.
+
+Splits (``split_seed`` fixes them; the episode seed does not move them, so
+teachers compared over seeds are scored on the same problems):
+
+- two sources (a train and a test file, or the hub's train and test splits):
+  ``test`` is the test source, subsampled to ``test_size`` when given; train
+  rows whose normalised prompt (:func:`teachgym.types.normalize_prompt`)
+  equals any test row's prompt are dropped (the whole test source, not just
+  the subsample); ``val`` is ``val_size`` rows drawn from what is left; the
+  rest, minus any row whose prompt repeats a val prompt, is the train pool.
+- one source (a single file, HumanEval): rows with a repeated normalised
+  prompt are dropped (the first is kept), then ``test_size`` rows are drawn
+  for ``test``, ``val_size`` more for ``val`` and the rest is the train pool.
+  ``test_size`` is required here (there is no test source to default to).
+
+Problem ids are ``"<name>/<source>/<key>"``, where source is ``train``,
+``test`` or ``pool`` (the single source) and key is the row's 0-based index in
+its source unless the subclass names rows itself (:meth:`DatasetTask.row_key`).
+So an id says where the row came from and stays the same whatever the sizes
+and seed.
+
+Skills (the ``skills`` argument):
+
+- ``"gold"``: each row's own label (a subclass that reads one from its rows
+  sets ``has_gold_skills``); the default for such a task.
+- ``"none"``: one skill, :data:`SINGLE_SKILL` (``all``); the default otherwise.
+- ``"discovered"``: an LLM names the skills
+  (:func:`teachgym.agents.skill_discovery.discover_skills`) from the val and
+  test problems plus ``discovery_train_items`` train-pool rows (default 64,
+  so ``sample`` has training items for most skills). Needs ``llm`` (a
+  :func:`teachgym.agents.llm.make_client` mapping or an ``LLMClient``);
+  ``discovery`` takes ``max_skills`` (default 8) and ``cache_dir`` (default
+  ``$TEACHGYM_CACHE/skills``, else ``~/.cache/teachgym/skills``; ``null``:
+  no cache, every build asks the LLM). The cache matters more than it looks:
+  with ``backend: ray`` the task is built in every worker, and each build
+  after the first must find the skills on disk. An evaluation problem the LLM leaves
+  unlabelled gets :data:`OTHER_SKILL` (``other``).
+- a mapping ``{problem_id: skill}``: labels you made; every val and test
+  problem must be in it, train-pool rows may be.
+
+Labels that are not valid skill names (``"Counting & Probability"``) are
+turned into one with :func:`slugify_skill` (``counting_and_probability``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from teachgym.envs.skills import SkillTree
+from teachgym.types import Problem, normalize_prompt
+
+__all__ = [
+    "OTHER_SKILL",
+    "SINGLE_SKILL",
+    "DatasetTask",
+    "Row",
+    "default_discovery_cache",
+    "find_sources",
+    "read_jsonl",
+    "slugify_skill",
+]
+
+#: The one skill of ``skills="none"``.
+SINGLE_SKILL = "all"
+#: The skill of an evaluation problem that skill discovery left unlabelled.
+OTHER_SKILL = "other"
+
+_SKILL_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_SKILL_MODES = ("gold", "none", "discovered")
+_DISCOVERY_KEYS = ("max_skills", "cache_dir")
+_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def slugify_skill(label: str) -> str:
+    """A skill-name segment for a free-text label: lower case, ``&`` -> ``and``,
+    anything else that is not a letter, digit, ``.`` or ``-`` -> ``_``.
+
+    Labels come from datasets and LLMs, and a skill name has to be a path
+    segment (:data:`teachgym.types._SKILL_PATTERN`); a slash inside a label
+    would silently make it a child skill, so it is replaced too.
+
+    >>> slugify_skill("Counting & Probability"), slugify_skill("Level 3"), slugify_skill("a/b")
+    ('counting_and_probability', 'level_3', 'a_b')
+    """
+    text = label.strip().lower().replace("&", " and ")
+    slug = re.sub(r"[^a-z0-9.-]+", "_", text).strip("_")
+    if not slug:
+        raise ValueError(f"cannot make a skill name from label {label!r}")
+    return slug
+
+
+def default_discovery_cache() -> str:
+    """``$TEACHGYM_CACHE/skills``, or ``~/.cache/teachgym/skills`` without it."""
+    root = os.environ.get("TEACHGYM_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "teachgym"
+    return str(base / "skills")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One source row as the task reads it (what a subclass's :meth:`parse_row` returns).
+
+    ``answer`` is what a model should write (the gold solution text), so a
+    sampled problem can serve as a training example as it is; ``metadata``
+    keeps what scoring needs (the final answer) and anything worth showing.
+    """
+
+    prompt: str
+    answer: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    gold_skill: str | None = None
+
+
+def _expand(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
+
+
+def find_sources(path: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files under ``path``: ``{"train": ..., "test": ...}``, or ``{"pool": ...}``.
+
+    Accepted: a ``.jsonl``/``.jsonl.gz`` file (one source: ``pool``); a
+    directory holding ``train.jsonl`` and ``test.jsonl`` (either may be
+    gzipped); a directory holding exactly one of them, or exactly one other
+    JSONL file (one source). ``~`` and environment variables are expanded.
+    """
+    p = _expand(path)
+    if not p.exists():
+        raise ValueError(f"dataset path {str(path)!r} (resolved to {str(p)!r}) does not exist")
+    if p.is_file():
+        if not p.name.endswith(_SUFFIXES):
+            raise ValueError(f"dataset file {str(p)!r} must end with .jsonl or .jsonl.gz")
+        return {"pool": p}
+    found: dict[str, Path] = {}
+    for split in ("train", "test"):
+        for suffix in _SUFFIXES:
+            if (p / f"{split}{suffix}").is_file():
+                found[split] = p / f"{split}{suffix}"
+                break
+    if len(found) == 2:
+        return found
+    if len(found) == 1:
+        return {"pool": next(iter(found.values()))}
+    others = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(_SUFFIXES))
+    if len(others) == 1:
+        return {"pool": others[0]}
+    raise ValueError(
+        f"dataset directory {str(p)!r} holds no train.jsonl/test.jsonl (optionally .gz) "
+        f"and not exactly one other .jsonl file (found {[f.name for f in others]})"
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (gzipped when it ends with ``.gz``); blank lines skipped."""
+    opener: Any = gzip.open if path.name.endswith(".gz") else open
+    rows: list[dict[str, Any]] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                )
+            rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A row with its id: the train pool keeps these and builds Problems only when sampled."""
+
+    id: str
+    row: Row
+
+
+class DatasetTask:
+    """A task over a fixed pool of problems; subclasses say how to read and score rows.
+
+    Args:
+        path: a local ``.jsonl``/``.jsonl.gz`` file or a directory (see
+            :func:`find_sources`); ``None`` loads :attr:`hub_name` with
+            ``datasets.load_dataset`` (needs the ``datasets`` package).
+        val_size: val problems, carved from train (or from the single source).
+        test_size: test problems; ``None`` keeps the whole test source
+            (not allowed with a single source); ``"default"`` is the
+            subclass's :attr:`default_test_size`.
+        split_seed: fixes which rows land in which split.
+        skills: ``"gold"``, ``"none"``, ``"discovered"`` or a mapping
+            ``{problem_id: skill}`` (module docstring); ``None`` picks
+            ``"gold"`` when the task has gold labels, else ``"none"``.
+        llm: the LLM for ``skills="discovered"`` (a ``make_client`` mapping or
+            an ``LLMClient``); unused otherwise.
+        discovery: ``{"max_skills": 8, "cache_dir": ...}`` for discovery (see above).
+        discovery_train_items: train-pool rows labelled by discovery as well.
+        hub_name, hub_config: override the subclass's hub dataset.
+
+    Subclasses set :attr:`name`, :attr:`hub_name` (and config/split names),
+    :attr:`has_gold_skills`, and implement :meth:`parse_row`,
+    :meth:`final_answer`, :meth:`finals_equal` and :meth:`format_description`;
+    a task whose outputs are not scored by a final answer (code) overrides
+    :meth:`score_batch` and :meth:`verify` instead.
+    """
+
+    name: str = "dataset"
+    hub_name: str | None = None
+    hub_config: str | None = None
+    hub_train_split: str | None = "train"
+    hub_test_split: str | None = "test"
+    has_gold_skills: bool = False
+    default_val_size: int = 256
+    default_test_size: int | None = None
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        val_size: int | None = None,
+        test_size: int | Literal["default"] | None = "default",
+        split_seed: int = 1234,
+        skills: str | Mapping[str, str] | None = None,
+        llm: Any = None,
+        discovery: Mapping[str, Any] | None = None,
+        discovery_train_items: int = 64,
+        hub_name: str | None = None,
+        hub_config: str | None = None,
+    ) -> None:
+        val_size = self.default_val_size if val_size is None else val_size
+        test_size = self.default_test_size if test_size == "default" else test_size
+        if not isinstance(val_size, int) or val_size < 1:
+            raise ValueError(f"val_size must be an integer >= 1, got {val_size!r}")
+        if test_size is not None and (not isinstance(test_size, int) or test_size < 1):
+            raise ValueError(f"test_size must be an integer >= 1 or None, got {test_size!r}")
+        if discovery_train_items < 0:
+            raise ValueError(f"discovery_train_items must be >= 0, got {discovery_train_items}")
+        if skills is None:
+            skills = "gold" if self.has_gold_skills else "none"
+        if isinstance(skills, str) and skills not in _SKILL_MODES:
+            raise ValueError(
+                f"skills must be one of {list(_SKILL_MODES)} or a mapping {{problem_id: skill}}, "
+                f"got {skills!r}"
+            )
+        if skills == "gold" and not self.has_gold_skills:
+            raise ValueError(
+                f"task {self.name!r} has no gold skill labels; use skills='none' or 'discovered'"
+            )
+        if not isinstance(skills, (str, Mapping)):
+            raise ValueError(f"skills must be a string or a mapping, got {type(skills).__name__}")
+        if hub_name is not None:
+            self.hub_name = hub_name
+        if hub_config is not None:
+            self.hub_config = hub_config
+        self.split_seed = split_seed
+        self.skill_mode = skills if isinstance(skills, str) else "mapping"
+
+        sources = self._load(path)
+        val, test, train = self._split(
+            sources, val_size, test_size, np.random.default_rng(split_seed)
+        )
+        labels = self._labels(skills, val, test, train, llm, discovery, discovery_train_items)
+
+        self._splits: dict[str, list[Problem]] = {
+            "val": [self._problem(it, labels[it.id]) for it in val],
+            "test": [self._problem(it, labels[it.id]) for it in test],
+        }
+        self._train = train
+        self._train_labels = {it.id: labels[it.id] for it in train if it.id in labels}
+        leaves = sorted({p.skill for ps in self._splits.values() for p in ps})
+        self._skills = SkillTree(leaves)
+        self._leaves = self._skills.leaves
+        self._by_skill: dict[str, list[_Item]] = {}
+        for it in train:
+            skill = self._train_labels.get(it.id)
+            if skill is not None:
+                self._by_skill.setdefault(skill, []).append(it)
+
+    # -- subclass hooks -------------------------------------------------------
+
+    def parse_row(self, row: Mapping[str, Any]) -> Row | None:
+        """How this dataset's rows read: prompt, gold solution, metadata, gold skill.
+
+        ``None`` skips a row that cannot be scored (a MATH solution without a
+        boxed answer); skipped rows are counted in :attr:`skipped_rows`. A row
+        without the fields at all should raise (KeyError/TypeError/ValueError):
+        that is the wrong file, not a bad row.
+        """
+        raise NotImplementedError
+
+    def row_key(self, row: Mapping[str, Any], index: int) -> str:
+        """The last part of a row's problem id; the row's index in its source by default."""
+        return str(index)
+
+    def final_answer(self, text: str) -> str | None:
+        """The final answer written in ``text`` (a solution or a model's output), or ``None``."""
+        raise NotImplementedError
+
+    def written_final_answer(self, text: str) -> str | None:
+        """The final answer only where the task's format puts it (``#### n``, ``\\boxed{}``).
+
+        :meth:`final_answer` is lenient (it scores a model that ignores the
+        format); this one is what :meth:`verify` asks of a training example,
+        since a student trained on it learns to write answers that way. The
+        default is :meth:`final_answer`.
+        """
+        return self.final_answer(text)
+
+    def finals_equal(self, gold: str, output: str) -> bool:
+        """Do two final answers (as :meth:`final_answer` returns them) say the same?"""
+        raise NotImplementedError
+
+    def format_description(self, skill: str) -> str:
+        """How this task writes a prompt and its answer, in words (never an evaluation item)."""
+        raise NotImplementedError
+
+    # -- the Task protocol ----------------------------------------------------
+
+    @property
+    def skills(self) -> SkillTree:
+        return self._skills
+
+    @property
+    def leaf_skills(self) -> list[str]:
+        return list(self._leaves)
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in self._splits:
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        return list(self._splits[split])
+
+    @property
+    def max_answer_length(self) -> int:
+        """The longest gold answer of val and test, in characters: a bound on the tokens a
+        student must decode to write one (a token is at least a character), so a student
+        without its own ``max_new_tokens`` is never cut short. Slow on a CPU for long
+        solutions; a CPU config sets ``student_kwargs.max_new_tokens`` lower."""
+        return max(len(p.answer) for split in self._splits.values() for p in split)
+
+    @property
+    def train_size(self) -> int:
+        """Rows in the train pool (what :meth:`sample` draws from)."""
+        return len(self._train)
+
+    def answers_agree(self, gold_text: str, output_text: str) -> bool:
+        """Do two texts end with the same final answer? ``False`` if either has none.
+
+        The generic comparison of two solutions (a gold one and a model's, or
+        two samples of a generator), so callers need not know how this
+        dataset writes answers.
+        """
+        gold = self.final_answer(gold_text)
+        out = self.final_answer(output_text)
+        return gold is not None and out is not None and self.finals_equal(gold, out)
+
+    def score_batch(self, problems: Sequence[Problem], outputs: Sequence[str]) -> list[bool]:
+        """Is each output's final answer the problem's? Uses the stored gold final answer
+        (``metadata["final_answer"]``) so gold solutions are not re-parsed per call."""
+        if len(problems) != len(outputs):
+            raise ValueError(f"got {len(problems)} problems but {len(outputs)} outputs")
+        scores: list[bool] = []
+        for problem, output in zip(problems, outputs, strict=True):
+            gold = problem.metadata.get("final_answer")
+            if gold is None:
+                gold = self.final_answer(problem.answer)
+            out = self.final_answer(output)
+            scores.append(gold is not None and out is not None and self.finals_equal(gold, out))
+        return scores
+
+    def score(self, problem: Problem, output: str) -> bool:
+        return self.score_batch([problem], [output])[0]
+
+    def verify(self, candidates: Sequence[Mapping[str, str]]) -> list[str | None]:
+        """Is each candidate ``{"prompt", "answer"}`` well-formed? ``None`` if so, else why.
+
+        Reasons: ``"empty_prompt"``, ``"no_final_answer"`` (the answer does
+        not write a final answer where the task's format puts it,
+        :meth:`written_final_answer`, so it would teach another format and
+        could not be checked against a second sample). Whether the answer is *right*
+        cannot be known for a dataset task; the generator checks agreement
+        with a second sample via :meth:`answers_agree`.
+        """
+        out: list[str | None] = []
+        for c in candidates:
+            if not str(c.get("prompt", "")).strip():
+                out.append("empty_prompt")
+            elif self.written_final_answer(str(c.get("answer", ""))) is None:
+                out.append("no_final_answer")
+            else:
+                out.append(None)
+        return out
+
+    def sample(self, skill: str, n: int, rng: np.random.Generator) -> list[Problem]:
+        """``n`` train-pool problems of ``skill`` (never a val or test item).
+
+        Drawn without replacement while the skill has enough rows, then with
+        replacement. A skill with no train rows (a discovered skill no
+        labelled train row has, or ``skills="none"``'s single skill when
+        train rows have labels of their own) draws from the whole train pool:
+        those problems carry the asked skill and ``metadata["skill_fallback"]
+        = True``, since the rows show the task's format, not the skill.
+        """
+        if skill not in self._leaves:
+            raise ValueError(f"skill {skill!r} is not a leaf of this task: {self._leaves}")
+        if n <= 0:
+            return []
+        if not self._train:
+            raise ValueError(f"task {self.name!r} has no train pool to sample from")
+        pool = self._by_skill.get(skill)
+        fallback = not pool
+        if fallback:
+            pool = self._train
+        assert pool is not None
+        idx = rng.choice(len(pool), size=n, replace=n > len(pool))
+        return [self._problem(pool[int(i)], skill, fallback=fallback) for i in idx]
+
+    # -- loading and splitting ------------------------------------------------
+
+    def _problem(self, item: _Item, skill: str, fallback: bool = False) -> Problem:
+        meta = dict(item.row.metadata)
+        if fallback:
+            meta["skill_fallback"] = True
+        # model_construct: skill names were checked when labels were made, and the
+        # rest comes from the dataset; re-validating thousands per step is pure cost.
+        return Problem.model_construct(
+            id=item.id, skill=skill, prompt=item.row.prompt, answer=item.row.answer, metadata=meta
+        )
+
+    def _load(self, path: str | os.PathLike[str] | None) -> dict[str, list[_Item]]:
+        """``{source: items}`` with sources ``train``+``test`` or ``pool``."""
+        if path is not None:
+            files = find_sources(path)
+            raw = {src: read_jsonl(f) for src, f in files.items()}
+            where = {src: str(f) for src, f in files.items()}
+        else:
+            raw = self._load_hub()
+            where = {src: f"{self.hub_name}[{src}]" for src in raw}
+        out: dict[str, list[_Item]] = {}
+        #: Rows per source that :meth:`parse_row` skipped (no scorable answer).
+        self.skipped_rows: dict[str, int] = {}
+        for src, rows in raw.items():
+            items = []
+            self.skipped_rows[src] = 0
+            for i, r in enumerate(rows):
+                try:
+                    row = self.parse_row(r)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ValueError(
+                        f"{where[src]}: row {i} is not a {self.name} row ({type(e).__name__}: {e})"
+                    ) from None
+                if row is None:
+                    self.skipped_rows[src] += 1
+                    continue
+                items.append(_Item(f"{self.name}/{src}/{self.row_key(r, i)}", row))
+            if not items:
+                raise ValueError(f"{where[src]}: no rows")
+            out[src] = items
+        ids = [it.id for items in out.values() for it in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"task {self.name!r}: problem ids are not unique")
+        return out
+
+    def _load_hub(self) -> dict[str, list[dict[str, Any]]]:
+        if not self.hub_name:
+            raise ValueError(f"task {self.name!r} has no hub dataset; give a local path")
+        try:
+            import datasets  # type: ignore[import-not-found]
+        except ImportError:
+            raise ValueError(
+                f"loading {self.name!r} from the hub ({self.hub_name}) needs the 'datasets' "
+                "package (pip install datasets), or give a local path to JSONL files"
+            ) from None
+        splits = {"train": self.hub_train_split, "test": self.hub_test_split}
+        names = {src: s for src, s in splits.items() if s is not None}
+        if len(names) == 1:
+            names = {"pool": next(iter(names.values()))}
+        return {
+            src: [dict(r) for r in datasets.load_dataset(self.hub_name, self.hub_config, split=s)]
+            for src, s in names.items()
+        }
+
+    @staticmethod
+    def _draw(items: list[_Item], k: int, rng: np.random.Generator, what: str) -> list[int]:
+        if k > len(items):
+            raise ValueError(f"{what} is {k} but only {len(items)} rows are available")
+        return sorted(rng.choice(len(items), size=k, replace=False).tolist())
+
+    def _split(
+        self,
+        sources: dict[str, list[_Item]],
+        val_size: int,
+        test_size: int | None,
+        rng: np.random.Generator,
+    ) -> tuple[list[_Item], list[_Item], list[_Item]]:
+        """(val, test, train pool), disjoint by normalised prompt."""
+        if "pool" in sources:
+            if test_size is None:
+                raise ValueError(
+                    f"task {self.name!r} was given a single source; set test_size to carve a "
+                    "test split from it"
+                )
+            seen: set[str] = set()
+            pool: list[_Item] = []
+            for it in sources["pool"]:
+                key = normalize_prompt(it.row.prompt)
+                if key not in seen:
+                    seen.add(key)
+                    pool.append(it)
+            if val_size + test_size > len(pool):
+                raise ValueError(
+                    f"val_size + test_size is {val_size + test_size} but the single source has "
+                    f"only {len(pool)} distinct rows"
+                )
+            order = rng.permutation(len(pool)).tolist()
+            test_idx = sorted(order[:test_size])
+            val_idx = sorted(order[test_size : test_size + val_size])
+            rest = sorted(order[test_size + val_size :])
+            return [pool[i] for i in val_idx], [pool[i] for i in test_idx], [pool[i] for i in rest]
+
+        test_all = sources["test"]
+        test_keys = {normalize_prompt(it.row.prompt) for it in test_all}
+        if test_size is None:
+            test = list(test_all)
+        else:
+            test = [test_all[i] for i in self._draw(test_all, test_size, rng, "test_size")]
+        train = [it for it in sources["train"] if normalize_prompt(it.row.prompt) not in test_keys]
+        val_idx = self._draw(train, val_size, rng, "val_size")
+        val = [train[i] for i in val_idx]
+        val_keys = {normalize_prompt(it.row.prompt) for it in val}
+        chosen = set(val_idx)
+        rest = [
+            it
+            for i, it in enumerate(train)
+            if i not in chosen and normalize_prompt(it.row.prompt) not in val_keys
+        ]
+        return val, test, rest
+
+    # -- skills ---------------------------------------------------------------
+
+    @staticmethod
+    def _skill_name(label: str) -> str:
+        """``label`` if it is a valid skill path, else each segment slugified."""
+        if _SKILL_RE.match(label):
+            return label
+        name = "/".join(slugify_skill(part) for part in label.split("/") if part.strip())
+        if not name:
+            raise ValueError(f"cannot make a skill name from label {label!r}")
+        return name
+
+    def _labels(
+        self,
+        skills: str | Mapping[str, str],
+        val: list[_Item],
+        test: list[_Item],
+        train: list[_Item],
+        llm: Any,
+        discovery: Mapping[str, Any] | None,
+        discovery_train_items: int,
+    ) -> dict[str, str]:
+        """``{problem_id: skill}`` for every val and test item (train items where known)."""
+        if skills == "none":
+            return {it.id: SINGLE_SKILL for it in (*val, *test, *train)}
+        if skills == "gold":
+            labels: dict[str, str] = {}
+            for it in (*val, *test, *train):
+                if it.row.gold_skill is not None:
+                    labels[it.id] = self._skill_name(it.row.gold_skill)
+            missing = [it.id for it in (*val, *test) if it.id not in labels]
+            if missing:
+                raise ValueError(f"{len(missing)} problems have no gold skill, e.g. {missing[0]}")
+            return labels
+        if skills == "discovered":
+            return self._discover(val, test, train, llm, discovery, discovery_train_items)
+        assert isinstance(skills, Mapping)
+        missing = [it.id for it in (*val, *test) if it.id not in skills]
+        if missing:
+            raise ValueError(
+                f"the skills mapping lacks {len(missing)} val/test problems, e.g. {missing[0]!r}"
+            )
+        known = {it.id for it in (*val, *test, *train)}
+        return {pid: self._skill_name(str(s)) for pid, s in skills.items() if pid in known}
+
+    def _discover(
+        self,
+        val: list[_Item],
+        test: list[_Item],
+        train: list[_Item],
+        llm: Any,
+        discovery: Mapping[str, Any] | None,
+        discovery_train_items: int,
+    ) -> dict[str, str]:
+        if llm is None:
+            raise ValueError("skills='discovered' needs an 'llm' (a make_client mapping or client)")
+        opts = dict(discovery or {})
+        unknown = sorted(set(opts) - set(_DISCOVERY_KEYS))
+        if unknown:
+            raise ValueError(f"discovery: unknown key {unknown[0]!r}; known: {_DISCOVERY_KEYS}")
+        max_skills = opts.get("max_skills", 8)
+        if not isinstance(max_skills, int) or max_skills < 1:
+            raise ValueError(f"discovery.max_skills must be an integer >= 1, got {max_skills!r}")
+        from teachgym.agents.llm import make_client
+        from teachgym.agents.skill_discovery import discover_skills
+
+        rng = np.random.default_rng([self.split_seed, 1])
+        k = min(discovery_train_items, len(train))
+        extra = [train[i] for i in sorted(rng.choice(len(train), size=k, replace=False).tolist())]
+        items: Iterable[_Item] = (*val, *test, *extra)
+        found = discover_skills(
+            [self._problem(it, SINGLE_SKILL) for it in items],
+            make_client(llm),
+            max_skills=max_skills,
+            dataset=self.name,
+            cache_dir=opts.get("cache_dir", default_discovery_cache()),
+            seed=self.split_seed,
+        )
+        labels = {pid: self._skill_name(str(s)) for pid, s in found.items()}
+        for it in (*val, *test):
+            labels.setdefault(it.id, OTHER_SKILL)
+        return labels
