@@ -253,7 +253,7 @@ def main() -> None:
     set_torch_threads(args.threads)
     preset = PRESETS[args.model]
     config = load_config()
-    task = registry.build("task", config.task, **config.task_kwargs)
+    task = registry.build("task", config.task, **config.component_kwargs("task"))
     student = build_student(args.model, config, task, args.max_new_tokens)
     problems = spread(task.problems("val"), args.problems or preset["problems"])
     subset = spread(problems, min(len(problems), args.single or preset["single"]))

@@ -41,7 +41,7 @@ def main() -> None:
     weights = np.ones(len(skills), dtype=np.float32)
 
     # The same components, built the same way, driven by hand.
-    task = registry.build("task", config.task, **config.task_kwargs)
+    task = registry.build("task", config.task, **config.component_kwargs("task"))
     student = registry.build(
         "student", config.student, task=task, seed=config.seed, **config.student_kwargs
     )
@@ -54,7 +54,12 @@ def main() -> None:
         **config.component_kwargs("generator"),
     )
     val, test = task.problems("val"), task.problems("test")
-    filt = ExampleFilter([p.prompt for p in val + test], task.alphabet, dedup=config.dedup)
+    filt = ExampleFilter(
+        [p.prompt for p in val + test],
+        task.alphabet,
+        dedup=config.dedup,
+        **config.decontamination.model_dump(),
+    )
     episode_seed = core.state_dict()["episode_seed"]
     student.reset()
 

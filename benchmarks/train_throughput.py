@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     set_torch_threads(args.threads)
     config = load_config()
-    task = registry.build("task", config.task, **config.task_kwargs)
+    task = registry.build("task", config.task, **config.component_kwargs("task"))
     examples = make_examples(task, args.examples)
     fresh_student(config, task).train(examples[:1024])  # warm up kernels and allocators
     ours, raw = [], []

@@ -146,7 +146,7 @@ class TeacherEnv(gym.Env):
         cfg = self.config
         if cfg.threads is not None:
             set_torch_threads(cfg.threads)
-        self.task: Task = task or registry.build("task", cfg.task, **cfg.task_kwargs)
+        self.task: Task = task or registry.build("task", cfg.task, **cfg.component_kwargs("task"))
         self._remote: Any = None
         if cfg.backend == "ray" and (student is None or generator is None):
             # The student and the generator in Ray actors, behind proxies that
@@ -182,6 +182,7 @@ class TeacherEnv(gym.Env):
             [p.prompt for p in self._val + self._test],
             getattr(self.task, "alphabet", None),
             dedup=cfg.dedup,
+            **cfg.decontamination.model_dump(),
         )
         set_horizon = getattr(self.student, "set_horizon", None)
         if callable(set_horizon):

@@ -67,7 +67,7 @@ class StudentWorker:
         cfg = build_config(config)
         set_torch_threads(threads)
         seed_everything(cfg.seed)  # as the local runner does before building
-        task = registry.build("task", cfg.task, **cfg.task_kwargs)
+        task = registry.build("task", cfg.task, **cfg.component_kwargs("task"))
         self.student = registry.build(
             "student", cfg.student, task=task, seed=cfg.seed, **cfg.student_kwargs
         )

@@ -80,6 +80,26 @@ class Resources(BaseModel):
     )
 
 
+class Decontamination(BaseModel):
+    """How close to a validation or test prompt a generated prompt may come.
+
+    An exact copy (after normalisation) is always dropped. Beyond that, a
+    prompt that shares a run of ``ngram`` tokens with an evaluation prompt is
+    dropped, and so is one of at least ``overlap_min_tokens`` tokens whose
+    rarity-weighted word and word-pair overlap with a single evaluation prompt
+    reaches ``overlap`` (a paraphrase keeps the numbers and names). ``null``
+    turns a rule off. Short prompts (``12+34=``) are never judged by overlap:
+    two arithmetic problems share most of their few tokens without one being
+    a copy of the other. See :class:`~teachgym.envs.filtering.ExampleFilter`.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    ngram: int | None = Field(default=13, ge=1)
+    overlap: float | None = Field(default=0.45, gt=0.0, le=1.0)
+    overlap_min_tokens: int = Field(default=12, ge=1)
+
+
 class ExperimentConfig(BaseModel):
     """Everything that defines one episode.
 
@@ -110,6 +130,7 @@ class ExperimentConfig(BaseModel):
     cost_per_example: float = Field(default=0.0, ge=0.0)
     max_errors: int = Field(default=24, ge=0, description="error examples shown per step")
     dedup: Literal["step", "episode"] = "step"
+    decontamination: Decontamination = Field(default_factory=Decontamination)
     threads: int | None = Field(
         default=None,
         ge=1,
@@ -125,9 +146,16 @@ class ExperimentConfig(BaseModel):
     )
     wandb: bool = False
 
-    def component_kwargs(self, kind: Literal["generator", "teacher"]) -> dict[str, Any]:
-        """``generator_kwargs`` or ``teacher_kwargs``, with the shared ``llm`` spec added for
-        the built-in ``llm`` components that name none, so one endpoint serves both sides."""
+    def component_kwargs(self, kind: Literal["task", "generator", "teacher"]) -> dict[str, Any]:
+        """``task_kwargs``, ``generator_kwargs`` or ``teacher_kwargs``, with the shared ``llm``
+        spec added where a built-in component needs an LLM and names none, so one endpoint
+        serves every side: the ``llm`` generator and teacher, and a task whose skills an
+        LLM discovers (``task_kwargs.skills: discovered``)."""
+        if kind == "task":
+            kwargs = dict(self.task_kwargs)
+            if kwargs.get("skills") == "discovered" and self.llm and "llm" not in kwargs:
+                kwargs["llm"] = dict(self.llm)
+            return kwargs
         name = self.generator if kind == "generator" else self.teacher
         kwargs = dict(self.generator_kwargs if kind == "generator" else self.teacher_kwargs)
         if name == "llm" and self.llm and "llm" not in kwargs:

@@ -65,7 +65,15 @@ PER_REQUEST = 5
 #: generation round always uses them all and the env's later rounds send nothing.
 MAX_REQUESTS = STEP_SIZE // PER_REQUEST
 #: The filter's reasons (``envs/filtering.py``): rejections of examples the generator made.
-FILTER_REASONS = {"over_budget", "unknown_skill", "bad_characters", "contaminated", "duplicate"}
+FILTER_REASONS = {
+    "over_budget",
+    "unknown_skill",
+    "bad_characters",
+    "contaminated",
+    "contaminated_ngram",
+    "contaminated_overlap",
+    "duplicate",
+}
 
 
 def _success_count(base_url: str) -> float:

@@ -31,7 +31,7 @@ class GeneratorWorker:
 
         cfg = build_config(config)
         seed_everything(cfg.seed)
-        self.task = registry.build("task", cfg.task, **cfg.task_kwargs)
+        self.task = registry.build("task", cfg.task, **cfg.component_kwargs("task"))
         self.generator = registry.build(
             "generator",
             cfg.generator,
