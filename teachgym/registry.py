@@ -25,6 +25,9 @@ Kind = Literal["task", "student", "generator", "teacher"]
 _BUILTIN: dict[str, dict[str, str]] = {
     "task": {
         "arithmetic": "teachgym.envs.tasks.arithmetic:ArithmeticTask",
+        "gsm8k": "teachgym.envs.tasks.gsm8k:GSM8KTask",
+        "math": "teachgym.envs.tasks.math:MATHTask",
+        "code": "teachgym.envs.tasks.code:CodeTask",
     },
     "student": {
         "tiny": "teachgym.students.tiny:tiny_student_for_task",

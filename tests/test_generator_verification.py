@@ -198,3 +198,24 @@ def test_reply_bounds_follow_the_task_or_the_config() -> None:
         _generator(task, backend, max_answer_chars=0)
     with pytest.raises(ValueError, match="generation_fields"):
         _generator(WordTask(fields={"prompt": 10}), backend)
+
+
+class _Accepting(WordTask):
+    def verify(self, candidates: Sequence[Mapping[str, str]]) -> list[str | None]:
+        return [None] * len(candidates)
+
+
+class _CodeLike(_Accepting):
+    indented_answers = True
+
+
+def test_indented_answers_keep_their_first_line_indentation() -> None:
+    items = [{"prompt": "def f(x):\n    '''x plus one'''\n", "answer": "\n    return x + 1\n\n"}]
+    backend = ScriptedBackend(lambda m, s: RawReply(json.dumps({"examples": items}), "stop"))
+    task: WordTask = _Accepting()
+    plain, _ = _generator(task, backend).generate(Allocation(counts={"time": 1}), _context(task))
+    assert plain[0].completion == "return x + 1"  # other tasks: stripped both sides
+    task = _CodeLike()
+    examples, _ = _generator(task, backend).generate(Allocation(counts={"time": 1}), _context(task))
+    assert examples[0].completion == "    return x + 1"
+    assert examples[0].prompt == "def f(x):\n    '''x plus one'''"

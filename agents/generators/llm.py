@@ -531,7 +531,11 @@ class LLMGenerator:
     ) -> Example | None:
         """The example for one generated item, or ``None`` with its reason counted."""
         prompt, answer = item.prompt.strip(), item.answer.strip()
-        if not prompt or not answer:
+        if getattr(self.task, "indented_answers", False):
+            # A code body's first line is indented like the rest; stripping it would
+            # train the student on a body whose first statement sits at column 0.
+            answer = item.answer.rstrip().lstrip("\r\n")
+        if not prompt or not answer.strip():
             rejected["empty_example"] += 1
             return None
         skill = job.skill if job.skill is not None else self._label(item.skill, context)

@@ -62,6 +62,10 @@ class Task(Protocol):
       generated ``answer``. With it, the ``llm`` generator's ``cross_check``
       asks the LLM to solve each generated problem again and drops examples
       whose two answers disagree (``rejected["disagreement"]``).
+    - ``indented_answers: bool``: answers whose leading whitespace is part of
+      them (a code body). The ``llm`` generator then strips only blank lines
+      and trailing whitespace from a generated answer, not the first line's
+      indentation.
     """
 
     name: str
