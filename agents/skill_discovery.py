@@ -394,6 +394,13 @@ class _Discovery:
 
     def run(self) -> SkillDiscovery:
         n = len(self.problems)
+        # Minutes of requests on a large dataset: say what is happening (the CLI shows INFO).
+        log.info(
+            "skill discovery for %s: naming the skill of %d problems (%d requests)",
+            self.dataset,
+            n,
+            -(-n // self.batch_size),
+        )
         names = self._name()  # position -> slug of its skill name
         display: dict[str, str] = {}  # slug -> first spelling seen
         for pos in sorted(names):
@@ -402,6 +409,12 @@ class _Discovery:
         order = {slug: i for i, slug in enumerate(display)}
         common = sorted(counts, key=lambda s: (-counts[s], order[s]))
         shown = common[:MAX_GROUP_NAMES]
+        log.info(
+            "skill discovery for %s: grouping %d names into at most %d categories",
+            self.dataset,
+            len(shown),
+            self.max_skills,
+        )
         groups, grouping, cut = self._group(shown, display, counts)
         member_of = {m: cat for cat, members in groups.items() for m in members}
         assigned = {pos: member_of[s] for pos, (s, _) in names.items() if s in member_of}

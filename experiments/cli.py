@@ -11,6 +11,7 @@ sweep). A user's mistake exits 2 with one line naming it; anything else exits
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import traceback
@@ -168,11 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_progress_logs() -> None:
+    """Show teachgym's INFO messages on stderr (long work before the first step, such as
+    skill discovery, says what it is doing); once, and only teachgym's loggers."""
+    logger = logging.getLogger("teachgym")
+    if not any(getattr(h, "_teachgym_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._teachgym_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Rich falls back to 80 columns when output is not a terminal (a log
     # file, CI), which would truncate the per-step table; logs can be wide.
     console = Console(width=None if sys.stdout.isatty() else 160)
+    _show_progress_logs()
     try:
         return int(args.func(args, console))
     except UserError as err:

@@ -187,6 +187,29 @@ def server_command(
     return cmd + [str(a) for a in extra_args]
 
 
+def cpu_prefill_args(extra_args: Sequence[str], max_model_len: int | None) -> list[str]:
+    """For a server on the CPU: every prompt prefilled whole, never in chunks (pure; tested
+    without vLLM).
+
+    vLLM for the CPU (0.32) kills its engine when a request with a sampling
+    ``seed`` is prefilled in chunks: rewinding the seeded generator after a
+    partial prefill raises "CPU Generator does not use offset", and every later
+    request fails with a 500. teachgym seeds every request (so reruns hit the
+    cache), and its prompts are long enough to be chunked (a GSM8K generator
+    prompt with examples and errors passes 2,000 tokens; a few of them together
+    pass any batch budget). So chunked prefill is turned off and one batch may
+    hold a whole prompt (``--max-num-batched-tokens`` = ``max_model_len``, 8192
+    when not given, SmolLM2's context). Flags the caller gave win.
+    """
+    args = list(extra_args)
+    names = {a.split("=", 1)[0] for a in args}
+    if not names & {"--enable-chunked-prefill", "--no-enable-chunked-prefill"}:
+        args.append("--no-enable-chunked-prefill")
+    if "--max-num-batched-tokens" not in names:
+        args += ["--max-num-batched-tokens", str(int(max_model_len or 8192))]
+    return args
+
+
 def server_env(
     base: Mapping[str, str] | None = None,
     *,
@@ -314,6 +337,8 @@ def vllm_server(
     during startup or does not answer within ``startup_timeout_s``.
     """
     port = free_port() if port is None else port
+    if not _cuda_available():
+        extra_args = cpu_prefill_args(extra_args, max_model_len)
     command = server_command(
         model,
         port=port,
@@ -368,6 +393,14 @@ def vllm_server(
             log_path.unlink(missing_ok=True)
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m teachgym.agents.llm.serve MODEL``: serve until Ctrl-C.
 
@@ -393,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--kv-cache-gib", type=int, default=None, help="CPU backend KV cache")
     parser.add_argument("--enforce-eager", action="store_true", help="skip compilation (CPUs)")
+    parser.add_argument("--log", help="keep the server's log in this file (default: a temp file)")
     args = parser.parse_args(args_in)
     model: str | Path = args.model
     if args.model == "smollm2":
@@ -401,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = smollm2_checkpoint()
     if args.enforce_eager:
         extra = ["--enforce-eager", *extra]
+    if not _cuda_available():
+        extra = cpu_prefill_args(extra, args.max_model_len)
     with vllm_server(
         model,
         served_model_name=args.name or args.model,
@@ -409,11 +445,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_args=extra,
         kv_cache_gib=args.kv_cache_gib,
         port=args.port,
+        log_path=args.log,
     ) as server:
         print(f"serving {server.served_model_name!r} at {server.base_url} (Ctrl-C stops)")
-        with contextlib.suppress(KeyboardInterrupt):
-            server.process.wait()
-    return 0
+        try:
+            code = server.process.wait()
+        except KeyboardInterrupt:
+            return 0
+        # The server died on its own: say why before its log goes with the context.
+        print(
+            f"vLLM server exited with code {code}; the end of its log:\n{server.log_tail(60)}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -62,6 +62,12 @@ class _Job:
     future: asyncio.Future[RawReply]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 class VLLMEngineBackend:
     """Sends requests to an in-process vLLM engine, built here (it takes tens of
     seconds, which must not count against the first request's timeout)."""
@@ -79,6 +85,13 @@ class VLLMEngineBackend:
         self.model = model
         self._sampling_params = SamplingParams
         self._structured_params = StructuredOutputsParams
+        if not _cuda_available():
+            # Seeded requests must not be prefilled in chunks on the CPU (see
+            # teachgym.agents.llm.serve.cpu_prefill_args); what the caller set wins.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+            engine_kwargs.setdefault(
+                "max_num_batched_tokens", int(engine_kwargs.get("max_model_len") or 8192)
+            )
         self.engine = vllm.LLM(model=model, **engine_kwargs)
         self.batch_wait_s = batch_wait_s
         self._jobs: queue.Queue[_Job] = queue.Queue()
