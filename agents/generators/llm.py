@@ -348,6 +348,8 @@ class LLMGenerator:
                     items_kept.append(item)
         out = self._verify(out, items_kept, rejected)
         out = self._cross_check(out, base, context, rejected)
+        if not self._checks_answers():
+            self._unverified += len(out)
         cap = max(0, context.max_examples)
         if len(out) > cap:  # cannot happen with maxItems honoured; kept as the protocol's rule
             rejected["over_budget"] += len(out) - cap
@@ -356,9 +358,10 @@ class LLMGenerator:
 
     def take_stats(self) -> dict[str, Any]:
         """The client's counters since the last call (requests, cached, ok, failed and
-        retried by reason, tokens), plus ``unverified``: examples kept that the task
-        could not check (it has no ``check``). The env puts this in
-        ``info["llm"]["generator"]`` after every step."""
+        retried by reason, tokens), plus ``unverified``: examples kept whose answers
+        nothing checked (no ``check``, no ``verify`` that checks answers, no
+        ``cross_check``; a GSM8K ``verify`` only reads that a final answer is there).
+        The env puts this in ``info["llm"]["generator"]`` after every step."""
         stats = dict(self.client.take_stats())
         stats["unverified"], self._unverified = self._unverified, 0
         return stats
@@ -551,8 +554,6 @@ class LLMGenerator:
             if not verdict:
                 rejected["wrong_answer"] += 1
                 return None
-        else:
-            self._unverified += 1
         skill_of = getattr(self.task, "skill_of", None)
         if callable(skill_of):
             family = skill_of(prompt)
@@ -576,6 +577,18 @@ class LLMGenerator:
             return None
         seen.add(key)
         return example
+
+    def _checks_answers(self) -> bool:
+        """Does anything check that a kept example's answer is right?"""
+        task = self.task
+        return (
+            callable(getattr(task, "check", None))
+            or self.cross_check
+            or (
+                callable(getattr(task, "verify", None))
+                and bool(getattr(task, "verifies_answers", False))
+            )
+        )
 
     def _verify(
         self, examples: list[Example], items: list[Any], rejected: Counter[str]

@@ -187,9 +187,9 @@ def server_command(
     return cmd + [str(a) for a in extra_args]
 
 
-def cpu_prefill_args(extra_args: Sequence[str], max_model_len: int | None) -> list[str]:
-    """For a server on the CPU: every prompt prefilled whole, never in chunks (pure; tested
-    without vLLM).
+def cpu_server_args(extra_args: Sequence[str], max_model_len: int | None) -> list[str]:
+    """Flags a server on the CPU needs (pure; tested without vLLM): every prompt prefilled
+    whole, never in chunks, and a startup memory check it can pass.
 
     vLLM for the CPU (0.32) kills its engine when a request with a sampling
     ``seed`` is prefilled in chunks: rewinding the seeded generator after a
@@ -199,10 +199,15 @@ def cpu_prefill_args(extra_args: Sequence[str], max_model_len: int | None) -> li
     prompt with examples and errors passes 2,000 tokens; a few of them together
     pass any batch budget). So chunked prefill is turned off and one batch may
     hold a whole prompt (``--max-num-batched-tokens`` = ``max_model_len``, 8192
-    when not given, SmolLM2's context). Flags the caller gave win.
+    when not given, SmolLM2's context). And ``--gpu-memory-utilization``, which on
+    the CPU is the share of the machine's memory that must be free at startup
+    (0.92 by default, so a server would not start while a tenth of the memory is
+    in use, by a student for example), is 0.5. Flags the caller gave win.
     """
     args = list(extra_args)
     names = {a.split("=", 1)[0] for a in args}
+    if "--gpu-memory-utilization" not in names:
+        args += ["--gpu-memory-utilization", "0.5"]
     if not names & {"--enable-chunked-prefill", "--no-enable-chunked-prefill"}:
         args.append("--no-enable-chunked-prefill")
     if "--max-num-batched-tokens" not in names:
@@ -338,7 +343,7 @@ def vllm_server(
     """
     port = free_port() if port is None else port
     if not _cuda_available():
-        extra_args = cpu_prefill_args(extra_args, max_model_len)
+        extra_args = cpu_server_args(extra_args, max_model_len)
     command = server_command(
         model,
         port=port,
@@ -436,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.enforce_eager:
         extra = ["--enforce-eager", *extra]
     if not _cuda_available():
-        extra = cpu_prefill_args(extra, args.max_model_len)
+        extra = cpu_server_args(extra, args.max_model_len)
     with vllm_server(
         model,
         served_model_name=args.name or args.model,

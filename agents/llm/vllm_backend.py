@@ -87,7 +87,7 @@ class VLLMEngineBackend:
         self._structured_params = StructuredOutputsParams
         if not _cuda_available():
             # Seeded requests must not be prefilled in chunks on the CPU (see
-            # teachgym.agents.llm.serve.cpu_prefill_args); what the caller set wins.
+            # teachgym.agents.llm.serve.cpu_server_args); what the caller set wins.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
             engine_kwargs.setdefault(
                 "max_num_batched_tokens", int(engine_kwargs.get("max_model_len") or 8192)

@@ -52,7 +52,10 @@ class Task(Protocol):
       problem). Each candidate is a mapping with ``prompt``, ``answer`` and
       the task's ``generation_fields``; a verdict is ``None`` (keep) or the
       rejection reason the ``llm`` generator counts (``failed_tests``,
-      ``no_final_answer``, ...).
+      ``no_final_answer``, ...).  ``verifies_answers = True`` says that it checks
+      answers (the ``code`` task runs them against tests), not only their
+      form (a GSM8K answer has a final number); the ``llm`` generator counts
+      examples no check looked at the answer of as ``unverified``.
     - ``generation_fields: Mapping[str, int]``: extra string fields, with
       their maximum length, that a generated example must carry for
       ``verify`` (the ``code`` task's ``{"test": ...}``: a generated function

@@ -251,6 +251,8 @@ class CodeTask(DatasetTask):
     answers_agree = None  # type: ignore[assignment]
     #: A generated body keeps its first line's indentation (see the Task protocol).
     indented_answers = True
+    #: :meth:`verify` runs the answer against tests: a real check of the answer.
+    verifies_answers = True
 
     def __init__(
         self,
