@@ -623,19 +623,32 @@ def test_serve_cli_passes_its_arguments_and_extra_args_to_the_launcher(monkeypat
 
     seen: dict[str, Any] = {}
 
+    def ctrl_c() -> int:
+        raise KeyboardInterrupt
+
+    wait: dict[str, Any] = {"fn": ctrl_c}
+
     @contextlib.contextmanager
     def recording_server(model, **kwargs):  # a stand-in for the launcher: no process
         seen.update(model=model, **kwargs)
-        process = types.SimpleNamespace(wait=lambda: 0)
+        process = types.SimpleNamespace(wait=wait["fn"])
         yield types.SimpleNamespace(
             served_model_name=kwargs["served_model_name"],
             base_url=f"http://127.0.0.1:{kwargs['port']}/v1",
             process=process,
+            log_tail=lambda lines=40: "EngineDeadError: the reason",
         )
 
     monkeypatch.setattr(serve, "vllm_server", recording_server)
     argv = ["/ckpt", "--name", "teacher", "--port", "8011", "--enforce-eager", "--", "--seed", "3"]
-    assert serve.main(argv) == 0
+    assert serve.main(argv) == 0  # stopped with Ctrl-C
     assert seen["model"] == "/ckpt" and seen["served_model_name"] == "teacher"
     assert seen["port"] == 8011 and seen["extra_args"] == ["--enforce-eager", "--seed", "3"]
+    assert seen["log_path"] is None
     assert "http://127.0.0.1:8011/v1" in capsys.readouterr().out
+    # A server that dies on its own: exit 1 and the end of its log, before the log is gone.
+    wait["fn"] = lambda: -9
+    assert serve.main(["/ckpt", "--log", "/tmp/x.log"]) == 1
+    assert seen["log_path"] == "/tmp/x.log"
+    err = capsys.readouterr().err
+    assert "exited with code -9" in err and "EngineDeadError: the reason" in err

@@ -440,8 +440,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = smollm2_checkpoint()
     if args.enforce_eager:
         extra = ["--enforce-eager", *extra]
-    if not _cuda_available():
-        extra = cpu_server_args(extra, args.max_model_len)
     with vllm_server(
         model,
         served_model_name=args.name or args.model,
