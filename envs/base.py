@@ -148,6 +148,9 @@ class TeacherEnv(gym.Env):
             set_torch_threads(cfg.threads)
         self.task: Task = task or registry.build("task", cfg.task, **cfg.component_kwargs("task"))
         self._remote: Any = None
+        # Workers score with a task built from the config; a task object passed in
+        # may differ from that, so then the env scores with it itself.
+        self._score_remotely = task is None and student is None
         if cfg.backend == "ray" and (student is None or generator is None):
             # The student and the generator in Ray actors, behind proxies that
             # implement the same protocols: nothing below changes.
@@ -394,15 +397,23 @@ class TeacherEnv(gym.Env):
 
         The task scores the whole split in one call (:func:`score_outputs`),
         so a task that scores in parallel (the ``code`` task's sandbox pool)
-        does; the report comes from the pure :func:`build_report`.
+        does; with ``backend: ray`` the evaluation workers score their own
+        shards. The report comes from the pure :func:`build_report`.
         """
         problems = self._val if split == "val" else self._test
-        outputs = self.student.predict(problems)
+        predict_scored = getattr(self.student, "predict_scored", None)
+        if self._score_remotely and callable(predict_scored):
+            # Ray workers decode and score their shards (see StudentProxy.predict_scored).
+            outputs, scores = predict_scored(problems)
+        else:
+            outputs = self.student.predict(problems)
+            scores = None
         if len(outputs) != len(problems):
             raise RuntimeError(
                 f"student returned {len(outputs)} outputs for {len(problems)} problems"
             )
-        scores = score_outputs(self.task, problems, outputs)
+        if scores is None:
+            scores = score_outputs(self.task, problems, outputs)
         return build_report(split, problems, outputs, scores, self.config.max_errors)
 
     def close(self) -> None:

@@ -68,6 +68,8 @@ class StudentWorker:
         set_torch_threads(threads)
         seed_everything(cfg.seed)  # as the local runner does before building
         task = registry.build("task", cfg.task, **cfg.component_kwargs("task"))
+        #: Built from the same config as the driver's, so it scores as the driver would.
+        self.task = task
         self.student = registry.build(
             "student", cfg.student, task=task, seed=cfg.seed, **cfg.student_kwargs
         )
@@ -87,6 +89,14 @@ class StudentWorker:
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.student, method)(*args)
+
+    def predict_scored(self, problems: Sequence[Problem]) -> tuple[list[str], list[bool]]:
+        """Completions and their scores, both made here: scoring (a sandbox per program for
+        the ``code`` task) runs on the evaluation workers' CPUs, not the driver's."""
+        from teachgym.envs.evaluation import score_outputs
+
+        outputs = list(self.student.predict(problems))
+        return outputs, score_outputs(self.task, problems, outputs)
 
     def save_bytes(self) -> bytes:
         """The student's checkpoint, plus this process's torch RNG state, as bytes."""
@@ -153,6 +163,25 @@ class StudentProxy:
         for part in self._ray.get(futures):
             out.extend(part)
         return out
+
+    def predict_scored(self, problems: Sequence[Problem]) -> tuple[list[str], list[bool]]:
+        """Like :meth:`predict`, plus each output's score, computed by the worker's own task
+        (built from the same config), shard by shard on the evaluation workers."""
+        ref = self._problems_ref(problems)
+        if not self.evaluators:
+            outputs, scores = self._ray.get(self.actor.predict_scored.remote(ref))
+            return list(outputs), list(scores)
+        self._sync_evaluators()
+        futures = [
+            worker.predict_scored.remote(problems[lo:hi])
+            for worker, (lo, hi) in zip(self.evaluators, self._shards(len(problems)), strict=False)
+        ]
+        outputs_all: list[str] = []
+        scores_all: list[bool] = []
+        for outputs, scores in self._ray.get(futures):
+            outputs_all.extend(outputs)
+            scores_all.extend(scores)
+        return outputs_all, scores_all
 
     def save(self, path: str | Path) -> None:
         unpack_dir(self._ray.get(self.actor.save_bytes.remote()), Path(path))

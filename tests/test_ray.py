@@ -110,6 +110,37 @@ def test_sharded_evaluation_equals_one_workers(local_ray):
     assert one == two and one[0] != one[-1]  # the weights changed, and both saw it
 
 
+def test_evaluation_workers_score_their_own_shards(local_ray):
+    """With backend=ray the workers score: the driver's task is never asked, and the
+    reports equal the local backend's."""
+
+    def reports(backend: str) -> list[tuple[dict, list[bool]]]:
+        overrides = {**ONE_THREAD, "backend": backend, "student_kwargs.eval_batch_size": 8}
+        if backend == "ray":
+            overrides |= {"resources.evaluation.workers": 2, "resources.evaluation.num_cpus": 0.5}
+        env = gym.make("teachgym/SkillList-v0", config=load_config(SMOKE, overrides))
+        try:
+            task = env.unwrapped.task
+            if backend == "ray":
+
+                def refuse(*args):
+                    raise AssertionError("the driver scored")
+
+                task.score = task.score_batch = refuse  # the workers must do it
+            out = []
+            env.reset(seed=0)
+            for _ in range(2):
+                _, _, _, _, info = env.step(np.ones(7, dtype=np.float32))
+                out.append((info["report"], [p.correct for p in env.unwrapped.last_predictions]))
+            return out
+        finally:
+            env.close()
+
+    local, remote = reports("local"), reports("ray")
+    assert remote == local
+    assert any(not c for _, correct in local for c in correct)  # some answers are wrong
+
+
 class _KillStudentWorker(Callback):
     """Kills the student's actor process (SIGKILL) once, after ``at`` steps."""
 
