@@ -105,6 +105,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+from teachgym.errors import UserError
+
 __all__ = [
     "Limits",
     "Sandbox",
@@ -157,8 +159,11 @@ _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives"
 _SYSTEM = ("usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32")
 
 
-class SandboxUnavailable(RuntimeError):
-    """OS isolation (bubblewrap) cannot run here and ``unsafe=True`` was not given."""
+class SandboxUnavailable(UserError, RuntimeError):
+    """OS isolation (bubblewrap) cannot run here and ``unsafe=True`` was not given.
+
+    A :class:`~teachgym.errors.UserError`: the CLI prints its one line (which
+    names the flag) and exits 2 instead of showing a traceback."""
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,18 @@ def test_all_humaneval_canonical_solutions_pass() -> None:
     assert sum(task.score_batch(problems, [p.answer for p in problems])) == 164
     # and an empty body fails every one of them: no test passes a function returning None
     assert sum(task.score_batch(problems, ["    pass\n"] * len(problems))) == 0
+
+
+def test_the_cli_reports_missing_isolation_as_a_one_line_user_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from teachgym.config import default_config_path
+    from teachgym.experiments.cli import main
+
+    monkeypatch.setattr(sandbox, "_default_bwrap", lambda: "/nonexistent/bwrap")
+    config = Path(default_config_path()).with_name("humaneval_cpu.yaml")
+    code = main(["run", str(config), f"task_kwargs.path={FIXTURE}", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("teachgym: error:") and "unsafe: true" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
