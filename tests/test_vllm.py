@@ -652,3 +652,34 @@ def test_serve_cli_passes_its_arguments_and_extra_args_to_the_launcher(monkeypat
     assert seen["log_path"] == "/tmp/x.log"
     err = capsys.readouterr().err
     assert "exited with code -9" in err and "EngineDeadError: the reason" in err
+
+
+_SIGTERM_SCRIPT = """
+import contextlib, sys, time, types
+import teachgym.agents.llm.serve as serve
+
+@contextlib.contextmanager
+def fake_server(model, **kwargs):  # no vLLM: records that the context was left
+    try:
+        yield types.SimpleNamespace(
+            served_model_name="m", base_url="http://127.0.0.1:1/v1",
+            process=types.SimpleNamespace(wait=lambda: time.sleep(60)),
+            log_tail=lambda lines=40: "",
+        )
+    finally:
+        open(sys.argv[1], "w").write("stopped")
+
+serve.vllm_server = fake_server
+raise SystemExit(serve.main(["/ckpt"]))
+"""
+
+
+def test_serve_cli_stops_the_server_on_sigterm(tmp_path: Path) -> None:
+    marker = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_SCRIPT, str(marker)], stdout=subprocess.PIPE, text=True
+    )
+    assert "serving" in (proc.stdout.readline() if proc.stdout else "")
+    proc.terminate()  # `kill PID`, as a process manager stops it
+    assert proc.wait(timeout=20) == 0
+    assert marker.read_text() == "stopped"  # the launcher's cleanup ran: no orphaned vLLM

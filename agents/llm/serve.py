@@ -46,7 +46,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Method = Literal["cli", "module"]
 
@@ -398,6 +398,10 @@ def vllm_server(
             log_path.unlink(missing_ok=True)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -440,27 +444,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = smollm2_checkpoint()
     if args.enforce_eager:
         extra = ["--enforce-eager", *extra]
-    with vllm_server(
-        model,
-        served_model_name=args.name or args.model,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        extra_args=extra,
-        kv_cache_gib=args.kv_cache_gib,
-        port=args.port,
-        log_path=args.log,
-    ) as server:
-        print(f"serving {server.served_model_name!r} at {server.base_url} (Ctrl-C stops)")
-        try:
-            code = server.process.wait()
-        except KeyboardInterrupt:
-            return 0
-        # The server died on its own: say why before its log goes with the context.
-        print(
-            f"vLLM server exited with code {code}; the end of its log:\n{server.log_tail(60)}",
-            file=sys.stderr,
-        )
-        return 1
+    # `kill` (SIGTERM) must stop the server too, not only Ctrl-C: by default SIGTERM ends
+    # this process at once, the context below never exits, and vLLM lives on, orphaned.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with vllm_server(
+            model,
+            served_model_name=args.name or args.model,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            extra_args=extra,
+            kv_cache_gib=args.kv_cache_gib,
+            port=args.port,
+            log_path=args.log,
+        ) as server:
+            print(f"serving {server.served_model_name!r} at {server.base_url} (Ctrl-C stops)")
+            try:
+                code = server.process.wait()
+            except KeyboardInterrupt:
+                return 0
+            # The server died on its own: say why before its log goes with the context.
+            print(
+                f"vLLM server exited with code {code}; the end of its log:\n{server.log_tail(60)}",
+                file=sys.stderr,
+            )
+            return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
