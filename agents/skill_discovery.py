@@ -57,6 +57,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, create_model
 
 from teachgym.agents.llm import LLMClient, LLMReply, LLMRequest, Sampling
+from teachgym.agents.llm.prompt_file import read_sections
 from teachgym.types import Problem
 
 __all__ = [
@@ -230,23 +231,8 @@ def load_discovery_prompts(path: str | Path) -> tuple[dict[str, string.Template]
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ValueError(f"cannot read prompt_file {str(path)!r}: {err.strerror or err}") from None
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if current is None and stripped.startswith("#"):
-            continue
-        if stripped.startswith("[") and stripped.endswith("]") and stripped[1:-1] in _SECTIONS:
-            current = sections.setdefault(stripped[1:-1], [])
-        elif current is not None:
-            current.append(line)
-    missing = [s for s in _SECTIONS if s not in sections]
-    if missing:
-        raise ValueError(
-            f"prompt_file {str(path)!r} has no [{missing[0]}] section; "
-            f"needed: {', '.join(f'[{s}]' for s in _SECTIONS)}"
-        )
-    templates = {k: string.Template("\n".join(v).strip()) for k, v in sections.items()}
+    bodies = read_sections(text, _SECTIONS, path)
+    templates = {k: string.Template(v) for k, v in bodies.items()}
     for name, template in templates.items():
         if not template.is_valid():
             raise ValueError(

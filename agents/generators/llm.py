@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from teachgym.agents.generators.base import GenerationContext, Plan
 from teachgym.agents.generators.procedural import parse_text_plan, source_skills
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
+from teachgym.agents.llm.prompt_file import read_sections
 from teachgym.types import (
     Allocation,
     ErrorCase,
@@ -132,20 +133,8 @@ def load_prompts(path: str | Path) -> dict[str, string.Template]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt_file {str(path)!r} does not exist")
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#") and current is None:
-            continue
-        if stripped.startswith("[") and stripped.endswith("]") and stripped[1:-1] in _SECTIONS:
-            current = sections.setdefault(stripped[1:-1], [])
-        elif current is not None:
-            current.append(line)
-    missing = [s for s in _SECTIONS if s not in sections]
-    if missing:
-        raise ValueError(f"prompt_file {str(path)!r} has no [{missing[0]}] section")
-    templates = {k: string.Template("\n".join(v).strip()) for k, v in sections.items()}
+    bodies = read_sections(path.read_text(encoding="utf-8"), _SECTIONS, path)
+    templates = {k: string.Template(v) for k, v in bodies.items()}
     dummy = dict.fromkeys(_PLACEHOLDERS, "x")
     for name, template in templates.items():
         try:
