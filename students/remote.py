@@ -90,12 +90,15 @@ class StudentWorker:
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.student, method)(*args)
 
+    def predict(self, problems: Sequence[Problem]) -> list[str]:
+        return list(self.student.predict(problems))
+
     def predict_scored(self, problems: Sequence[Problem]) -> tuple[list[str], list[bool]]:
         """Completions and their scores, both made here: scoring (a sandbox per program for
         the ``code`` task) runs on the evaluation workers' CPUs, not the driver's."""
         from teachgym.envs.evaluation import score_outputs
 
-        outputs = list(self.student.predict(problems))
+        outputs = self.predict(problems)
         return outputs, score_outputs(self.task, problems, outputs)
 
     def save_bytes(self) -> bytes:
@@ -150,38 +153,17 @@ class StudentProxy:
         return dict(self._call("train", list(examples)))
 
     def predict(self, problems: Sequence[Problem]) -> list[str]:
-        ref = self._problems_ref(problems)
-        if not self.evaluators:
-            return list(self._call("predict", ref))
-        self._sync_evaluators()
-        shards = self._shards(len(problems))
-        futures = [
-            worker.call.remote("predict", problems[lo:hi])
-            for worker, (lo, hi) in zip(self.evaluators, shards, strict=False)
-        ]
-        out: list[str] = []
-        for part in self._ray.get(futures):
-            out.extend(part)
-        return out
+        return [output for part in self._per_shard("predict", problems) for output in part]
 
     def predict_scored(self, problems: Sequence[Problem]) -> tuple[list[str], list[bool]]:
         """Like :meth:`predict`, plus each output's score, computed by the worker's own task
         (built from the same config), shard by shard on the evaluation workers."""
-        ref = self._problems_ref(problems)
-        if not self.evaluators:
-            outputs, scores = self._ray.get(self.actor.predict_scored.remote(ref))
-            return list(outputs), list(scores)
-        self._sync_evaluators()
-        futures = [
-            worker.predict_scored.remote(problems[lo:hi])
-            for worker, (lo, hi) in zip(self.evaluators, self._shards(len(problems)), strict=False)
-        ]
-        outputs_all: list[str] = []
-        scores_all: list[bool] = []
-        for outputs, scores in self._ray.get(futures):
-            outputs_all.extend(outputs)
-            scores_all.extend(scores)
-        return outputs_all, scores_all
+        outputs: list[str] = []
+        scores: list[bool] = []
+        for part_outputs, part_scores in self._per_shard("predict_scored", problems):
+            outputs.extend(part_outputs)
+            scores.extend(part_scores)
+        return outputs, scores
 
     def save(self, path: str | Path) -> None:
         unpack_dir(self._ray.get(self.actor.save_bytes.remote()), Path(path))
@@ -199,6 +181,19 @@ class StudentProxy:
             self._call("set_horizon", examples)
 
     # -- evaluation shards ---------------------------------------------------------
+    def _per_shard(self, method: str, problems: Sequence[Problem]) -> list[Any]:
+        """The worker ``method`` (``predict`` or ``predict_scored``) on the whole split by the
+        student's actor, or on each evaluator's shard; the results in shard order."""
+        if not self.evaluators:
+            ref = self._problems_ref(problems)
+            return [self._ray.get(getattr(self.actor, method).remote(ref))]
+        self._sync_evaluators()
+        futures = [
+            getattr(worker, method).remote(problems[lo:hi])
+            for worker, (lo, hi) in zip(self.evaluators, self._shards(len(problems)), strict=False)
+        ]
+        return list(self._ray.get(futures))
+
     def _problems_ref(self, problems: Sequence[Problem]) -> Any:
         """Put a split into the object store once; the env passes the same list every step."""
         cached = self._problem_refs.get(id(problems))
