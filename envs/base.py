@@ -285,10 +285,8 @@ class TeacherEnv(gym.Env):
 
         t0 = time.perf_counter()
         plan_skills = self._plan_skills(plan)
-        examples, accepted, rejected_by_skill, gen_rejected = self._generate(plan, plan_skills, cap)
-        rejected: Counter[str] = Counter(gen_rejected)
-        for counts in rejected_by_skill.values():
-            rejected.update(counts)
+        made = self._generate(plan, plan_skills, cap)
+        examples, accepted = made.examples, made.accepted
         timings["generate"] = time.perf_counter() - t0
         # An LLM generator's client counters (requests, cache hits, failures, tokens) for
         # this step; any generator with ``take_stats`` reports, through a Ray proxy too.
@@ -321,8 +319,8 @@ class TeacherEnv(gym.Env):
             timings=Timings(timings),
             examples_made=len(examples),
             examples_accepted=len(accepted),
-            rejected=dict(sorted(rejected.items())),
-            examples_by_skill=_by_skill(examples, accepted, rejected_by_skill),
+            rejected=made.rejected_totals(),
+            examples_by_skill=made.by_skill(),
             train=dict(train_metrics),
         )
         if isinstance(plan, Allocation):
@@ -340,10 +338,8 @@ class TeacherEnv(gym.Env):
     #: filter dropped, so a step trains on what the plan asked for.
     max_generation_rounds = 8
 
-    def _generate(
-        self, plan: Plan, plan_skills: Sequence[str], cap: int
-    ) -> tuple[list[Example], list[Example], dict[str, Counter[str]], Counter[str]]:
-        """Make and filter a step's data: (made, accepted, rejected per skill, generator's).
+    def _generate(self, plan: Plan, plan_skills: Sequence[str], cap: int) -> StepData:
+        """Make and filter a step's data (see :class:`StepData` for the accounting).
 
         For a count plan (``Allocation``) the env knows what each skill asked
         for, so after the first round it asks the generator again for each
@@ -356,18 +352,18 @@ class TeacherEnv(gym.Env):
         """
         rng = np.random.default_rng([self._episode_seed, self._step_count])
         nodes = set(self.tree.nodes) | set(plan_skills)
-        made: list[Example] = []
-        accepted: list[Example] = []
-        rejected: dict[str, Counter[str]] = {}
-        gen_rejected: Counter[str] = Counter()
+        data = StepData(
+            requested=dict(plan.counts) if isinstance(plan, Allocation) else None,
+            shortfall_reasons=frozenset(getattr(self.generator, "shortfall_reasons", ())),
+        )
         taken: set[str] = set()
         round_plan: Plan = plan
         for round_index in range(self.max_generation_rounds):
-            want = cap - len(accepted)
+            want = cap - len(data.accepted)
             if isinstance(plan, Allocation):
-                got = Counter(e.skill for e in accepted)
+                got = Counter(e.skill for e in data.accepted)
                 short = {k: max(0, n - got[k]) for k, n in plan.counts.items()}
-                round_plan = Allocation(counts=short).clamped(plan.total - len(accepted))
+                round_plan = Allocation(counts=short).clamped(plan.total - len(data.accepted))
                 want = min(want, round_plan.total)
             if want <= 0:
                 break
@@ -381,16 +377,12 @@ class TeacherEnv(gym.Env):
                 exclude=self._filter.excluded(taken),
                 extra={"round": round_index},
             )
-            new_made, new_gen_rejected = self.generator.generate(round_plan, context)
-            new, new_rejected = self._filter(new_made, nodes, want, taken)
-            made += new_made
-            accepted += new
-            gen_rejected.update(dict(new_gen_rejected))
-            for skill, counts in new_rejected.items():
-                rejected.setdefault(skill, Counter()).update(counts)
+            new_made, gen_rejected = self.generator.generate(round_plan, context)
+            new, filtered = self._filter(new_made, nodes, want, taken)
+            data.add_round(round_plan, new_made, new, filtered, gen_rejected)
             if not new or not isinstance(plan, Allocation):
                 break
-        return made, accepted, rejected, gen_rejected
+        return data
 
     def evaluate(self, split: Split) -> tuple[EvalReport, list[Prediction]]:
         """Score the student on a split, per skill, with a bounded error sample.
@@ -419,11 +411,14 @@ class TeacherEnv(gym.Env):
     def close(self) -> None:
         """Release what the components hold: the Ray actors of ``backend: ray``, and a local
         student's resources (a vLLM evaluation engine and its weight directories)."""
-        if self._remote is not None:
-            self._remote.close()
+        # Also called on a half-built env (a component failed to build): only what was
+        # built is released, so the error that stopped the build is the one reported.
+        remote = getattr(self, "_remote", None)
+        if remote is not None:
+            remote.close()
             self._remote = None
         else:
-            close = getattr(self.student, "close", None)
+            close = getattr(getattr(self, "student", None), "close", None)
             if callable(close):
                 close()
         super().close()
@@ -545,20 +540,82 @@ class Timings(Mapping[str, float]):
         return f"Timings({self._seconds!r})"
 
 
-def _by_skill(
-    made: Sequence[Example], accepted: Sequence[Example], rejected: Mapping[str, Counter[str]]
-) -> dict[str, dict[str, Any]]:
-    """Per skill: examples made, accepted (and paid for), and rejected by reason."""
-    made_n = Counter(e.skill for e in made)
-    accepted_n = Counter(e.skill for e in accepted)
-    return {
-        skill: {
-            "made": made_n[skill],
-            "accepted": accepted_n[skill],
-            "rejected": dict(sorted(rejected.get(skill, Counter()).items())),
-        }
-        for skill in sorted(made_n)
-    }
+class StepData:
+    """What one step's generation rounds made, and an accounting that adds up.
+
+    Per skill (``by_skill``): ``made`` (every round), ``accepted`` (= paid for),
+    ``rejected`` (made and dropped by the env's filter, by reason), and for a
+    count plan ``requested`` (after clamping) and ``unmade``: what the
+    generator was asked for in the skill's last round and did not make, so
+    ``requested - accepted = unmade + what the filter dropped in that round``.
+
+    ``rejected_totals`` sums the filter's reasons over skills and adds the
+    generator's own. A generator reason that means "could not make this
+    many" (its ``shortfall_reasons``, e.g. ``space_exhausted``) is counted
+    from the last round only: the env asks again for the same missing
+    examples each round, and counting every round would count one missing
+    example once per round. Other generator reasons are events (a reply that
+    did not parse) and are summed.
+    """
+
+    def __init__(self, requested: dict[str, int] | None, shortfall_reasons: frozenset[str]) -> None:
+        self.requested = requested
+        self.shortfall_reasons = shortfall_reasons
+        self.examples: list[Example] = []
+        self.accepted: list[Example] = []
+        self.filtered: dict[str, Counter[str]] = {}
+        self.events: Counter[str] = Counter()
+        self.shortfall: Counter[str] = Counter()
+        self.unmade: dict[str, int] = {}
+
+    def add_round(
+        self,
+        plan: Plan,
+        made: Sequence[Example],
+        accepted: Sequence[Example],
+        filtered: Mapping[str, Counter[str]],
+        generator_rejected: Mapping[str, int],
+    ) -> None:
+        self.examples += made
+        self.accepted += accepted
+        for skill, counts in filtered.items():
+            self.filtered.setdefault(skill, Counter()).update(counts)
+        rejected = Counter(dict(generator_rejected))
+        self.shortfall = Counter({k: n for k, n in rejected.items() if k in self.shortfall_reasons})
+        self.events.update({k: n for k, n in rejected.items() if k not in self.shortfall_reasons})
+        if isinstance(plan, Allocation):
+            made_n = Counter(e.skill for e in made)
+            for skill, asked in plan.counts.items():
+                if asked > 0:
+                    self.unmade[skill] = max(0, asked - made_n[skill])
+
+    def rejected_totals(self) -> dict[str, int]:
+        """Reason -> count over the whole step (filter and generator)."""
+        total: Counter[str] = Counter(self.events)
+        total.update(self.shortfall)
+        for counts in self.filtered.values():
+            total.update(counts)
+        return dict(sorted((k, v) for k, v in total.items() if v))
+
+    def by_skill(self) -> dict[str, dict[str, Any]]:
+        """Per skill: made, accepted, rejected by reason (and requested, unmade)."""
+        made_n = Counter(e.skill for e in self.examples)
+        accepted_n = Counter(e.skill for e in self.accepted)
+        skills = set(made_n) | (
+            {k for k, n in self.requested.items() if n > 0} if self.requested else set()
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for skill in sorted(skills):
+            row: dict[str, Any] = {
+                "made": made_n[skill],
+                "accepted": accepted_n[skill],
+                "rejected": dict(sorted(self.filtered.get(skill, Counter()).items())),
+            }
+            if self.requested is not None:
+                row["requested"] = self.requested.get(skill, 0)
+                row["unmade"] = self.unmade.get(skill, 0)
+            out[skill] = row
+        return out
 
 
 def _report_dict(report: EvalReport) -> dict[str, dict[str, float]]:

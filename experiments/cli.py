@@ -4,14 +4,19 @@ Each job has one entry point: ``teachgym run`` for an episode (or
 ``--resume`` to finish a killed one), ``teachgym compare`` for a leaderboard
 over teachers and seeds in this process, and ``teachgym sweep`` for the same
 over Ray Tune (``--grid`` adds config values, ``--resume`` finishes a killed
-sweep). A user's mistake exits 2 with one line naming it; anything else exits
-1 with its traceback.
+sweep). ``teachgym list`` shows what can be named. A user's mistake exits 2
+with one line naming it; a run that trained on nothing exits 1 with one line
+saying why; anything else exits 1 with its traceback.
+
+Components named by import path (``teacher=my_teachers:Greedy``) are
+imported from the current directory, as ``python -m`` would.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import traceback
@@ -20,13 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from teachgym.config import load_config, parse_cli_overrides
-from teachgym.errors import ConfigError, UserError
+from teachgym import __version__
+from teachgym.config import load_config, packaged_configs, parse_cli_overrides
+from teachgym.errors import ConfigError, RunFailed, UserError
+
+#: What ``teachgym list`` can show.
+LIST_KINDS = ("teachers", "students", "tasks", "generators", "envs", "configs")
+#: Longest error line printed; a message past this is cut (values are cut earlier).
+MAX_ERROR_CHARS = 2000
 
 
 def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``[CONFIG] [key=value ...]``: the first item without '=' is the config path."""
+    """``[CONFIG] [key=value ...]``: the first item without '=' is the config."""
     config: str | None = None
     overrides: list[str] = []
     for item in items:
@@ -35,13 +47,17 @@ def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[
         elif config is None:
             config = item
         else:
-            raise ConfigError(f"unexpected argument {item!r}: overrides are key=value")
+            raise ConfigError(f"unexpected argument {item[:200]!r}: overrides are key=value")
     return config, overrides
 
 
 def _default_out(kind: str, config_name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{kind}-{config_name}-{stamp}"
+
+
+def _config_label(config_path: str | None) -> str:
+    return Path(config_path).stem if config_path else "default"
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -61,13 +77,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     config = load_config(config_path, parse_cli_overrides(overrides))
     if args.threads is not None:
         config = config.model_copy(update={"threads": args.threads})
-    out = (
-        Path(args.out)
-        if args.out
-        else _default_out("run", Path(config_path).stem if config_path else "default")
-    )
+    out = Path(args.out) if args.out else _default_out("run", _config_label(config_path))
     console.print(
-        f"teachgym run: {config.env}, teacher={config.teacher}, seed={config.seed} -> {out}"
+        f"teachgym run: {config.env}, teacher={escape(config.teacher)}, seed={config.seed} "
+        f"-> {escape(str(out))}",
+        highlight=False,
     )
     run_experiment(config, out, console=console)
     return 0
@@ -85,13 +99,18 @@ def _sweep_spec(args: argparse.Namespace, *, threads_default: int | None) -> tup
         raise ConfigError("--teachers needs at least one teacher name")
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    spec = SweepSpec(config, teachers, args.seeds, parse_grid(args.grid or []), args.max_failures)
-    kind = args.command
-    out = (
-        Path(args.out)
-        if args.out
-        else _default_out(kind, Path(config_path).stem if config_path else "default")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+    spec = SweepSpec(
+        config,
+        teachers,
+        args.seeds,
+        parse_grid(args.grid or []),
+        args.max_failures,
+        metric=args.metric,
+        target=args.target,
     )
+    out = Path(args.out) if args.out else _default_out(args.command, _config_label(config_path))
     return spec, out
 
 
@@ -106,32 +125,69 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     from teachgym.experiments.sweep import resume_sweep, run_sweep
 
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.resume:
-        if args.items or args.teachers or args.grid:
-            raise ConfigError("--resume takes no config, overrides, --teachers or --grid")
+        if args.items or args.teachers or args.grid or args.max_concurrent is not None:
+            raise ConfigError(
+                "--resume takes no config, overrides, --teachers, --grid or --max-concurrent: "
+                "a resumed sweep keeps its own"
+            )
         resume_sweep(args.resume, console=console)
         return 0
     spec, out = _sweep_spec(args, threads_default=1)
     console.print(
         f"teachgym sweep: {len(spec.teachers)} teacher(s) x {spec.seeds} seed(s)"
-        + (f" x grid {spec.grid}" if spec.grid else "")
-        + f" -> {out}"
+        + (f" x grid {escape(str(spec.grid))}" if spec.grid else "")
+        + f" -> {escape(str(out))}",
+        highlight=False,
     )
-    run_sweep(spec, out, executor="tune", console=console)
+    run_sweep(spec, out, executor="tune", console=console, max_concurrent=args.max_concurrent)
     return 0
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    kinds = [args.kind] if args.kind else list(LIST_KINDS)
+    for kind in kinds:
+        rows = _listing(kind)
+        console.print(f"[bold]{kind}[/bold]")
+        width = max((len(name) for name, _ in rows), default=0)
+        for name, doc in rows:
+            console.print(f"  {escape(name):<{width}}  {escape(doc)}", highlight=False)
+    return 0
+
+
+def _listing(kind: str) -> list[tuple[str, str]]:
+    """(name, one line of doc) for each thing of ``kind`` that a config can name."""
+    from teachgym import registry
+    from teachgym.envs.registration import ENV_ENTRY_POINTS
+
+    if kind == "configs":
+        return [(name, doc) for name, doc in packaged_configs().items()]
+    if kind == "envs":
+        return [(env_id, registry.doc_line(target)) for env_id, target in ENV_ENTRY_POINTS.items()]
+    component = kind[:-1]
+    return [
+        (name, registry.describe(component, name))  # type: ignore[arg-type]
+        for name in registry.names(component)  # type: ignore[arg-type]
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="teachgym", description="Teacher agents that make training data for students."
+        prog="teachgym",
+        description="Teacher agents that make training data for students.",
+        epilog="Options and key=value overrides may come in any order.",
     )
+    parser.add_argument("--version", action="version", version=f"teachgym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one episode into a run directory")
     run.add_argument(
         "items",
         nargs="*",
         metavar="[CONFIG] [key=value ...]",
-        help="a YAML config (default: the packaged one) and overrides",
+        help="a YAML file or a packaged config's name (teachgym list configs; default: "
+        "default) and overrides",
     )
     run.add_argument("--out", help="run directory (default: runs/run-<config>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish a killed run from its checkpoint")
@@ -158,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--out", help=f"output directory (default: runs/{name}-<config>-<time>)")
         cmd.add_argument(
+            "--metric",
+            choices=("aulc", "final_test", "examples_to_target"),
+            default="aulc",
+            help="what ranks the leaderboard (default aulc; examples_to_target: fewest "
+            "examples until val accuracy reaches --target)",
+        )
+        cmd.add_argument(
+            "--target",
+            type=float,
+            default=0.9,
+            help="val accuracy that examples_to_target counts the examples to (default 0.9)",
+        )
+        cmd.add_argument(
             "--max-failures",
             type=int,
             default=2,
@@ -165,8 +234,33 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "sweep":
             cmd.add_argument("--resume", metavar="SWEEP_DIR", help="finish a killed sweep")
+            cmd.add_argument(
+                "--max-concurrent",
+                type=int,
+                metavar="N",
+                help="run at most N trials at once (default: as many as the resources allow)",
+            )
         cmd.set_defaults(func=func)
+    listing = sub.add_parser("list", help="what a config can name, with one line of doc each")
+    listing.add_argument("kind", nargs="?", choices=LIST_KINDS, help="one kind (default: all)")
+    listing.set_defaults(func=cmd_list)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options and ``key=value`` overrides in any order (``run CONFIG --out DIR k=v``).
+
+    argparse stops filling a positional list at the first option; what
+    follows the options comes back unparsed and is added to the positionals
+    here, unless it looks like an option (then it is argparse's error).
+    """
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)[:200]}")
+    if extra:
+        args.items = list(args.items) + list(extra)
+    return args
 
 
 def _show_progress_logs() -> None:
@@ -181,8 +275,28 @@ def _show_progress_logs() -> None:
     logger.setLevel(logging.INFO)
 
 
+def import_from_working_directory() -> None:
+    """Let ``teacher=my_teachers:Greedy`` import ``my_teachers.py`` from where the command
+    runs, as ``python -m`` puts the working directory first on ``sys.path``.
+
+    A console script's ``sys.path`` starts with the script's own directory
+    instead. Called after teachgym itself is imported, so a checkout's
+    folders of the same names cannot shadow the installed package.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _one_line(message: str) -> str:
+    line = " ".join(str(message).split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    import_from_working_directory()
     # Rich falls back to 80 columns when output is not a terminal (a log
     # file, CI), which would truncate the per-step table; logs can be wide.
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -191,11 +305,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, console))
     except UserError as err:
         # A mistake in what was asked: one line that names it, no traceback.
-        message = " ".join(str(err).split())
-        print(f"teachgym: error: {message}", file=sys.stderr)
+        print(f"teachgym: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        # The run went through and its outcome is a failure; the message says why.
+        print(f"teachgym: run failed: {_one_line(str(err))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted; resume with `teachgym run --resume DIR`", file=sys.stderr)
+        hint = {
+            "run": "resume with `teachgym run --resume DIR`",
+            "sweep": "resume with `teachgym sweep --resume DIR`",
+            "compare": "run the same command again: finished trials are read back",
+        }.get(getattr(args, "command", ""), "")
+        print(f"interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
     except Exception:
         # Anything else is a failure inside the run or a bug: show where it happened.

@@ -16,74 +16,58 @@ reason.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from teachgym import registry
-from teachgym.config import ExperimentConfig, build_config, dump_config
+from teachgym.config import ExperimentConfig, dump_config
 from teachgym.distributed import worker_failures
-from teachgym.errors import RunError
+from teachgym.errors import RunError, RunFailed
 from teachgym.experiments import plots
 from teachgym.experiments.loop import Callback, EpisodeState, Transition, run_episode
+from teachgym.experiments.rundir import (
+    ALLOCATION,
+    CHECKPOINT,
+    COMPLETE,
+    LEARNING_CURVE,
+    SKILLS_HEATMAP,
+    STEPS,
+    SUMMARY,
+    TIMINGS,
+    RunDir,
+    StepRecord,
+    append_jsonl,
+    read_jsonl,
+    write_jsonl,
+)
 from teachgym.experiments.stats import aulc
 from teachgym.runtime import default_threads, machine_fingerprint, seed_everything
 
-CHECKPOINT = "checkpoint"
-#: Written last into a checkpoint directory: without it the directory is a torn write.
-COMPLETE = "COMPLETE"
-
 __all__ = [
     "CHECKPOINT",
+    "COMPLETE",
     "Checkpointer",
     "EpisodeRunner",
+    "LLMFailureNotice",
     "RunError",
     "RunRecorder",
-    "find_checkpoint",
     "read_jsonl",
     "resolve_config",
     "resume_experiment",
     "run_experiment",
     "steps_table",
 ]
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: everything after it is replayed
-    return rows
 
 
 def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -98,94 +82,62 @@ def resolve_config(config: ExperimentConfig) -> ExperimentConfig:
     return config.model_copy(update={"threads": default_threads()})
 
 
-def _step_row(
-    info: dict[str, Any], reward: float, terminated: bool, truncated: bool, examples_total: int
-) -> dict[str, Any]:
-    row = {
-        "step": info["step"],
-        "val_accuracy": info["accuracy"],
-        "reward": reward,
-        "skills": {s: v["accuracy"] for s, v in info["report"].items()},
-        "examples_accepted": info.get("examples_accepted", 0),
-        "examples_made": info.get("examples_made", 0),
-        "examples_total": examples_total,
-        "examples_used": info["examples_used"],
-        "examples_by_skill": info.get("examples_by_skill", {}),
-        "rejected": info.get("rejected", {}),
-        "budget_left": info["budget_left"],
-        "train_loss": info.get("train", {}).get("loss"),
-        "terminated": terminated,
-        "truncated": truncated,
-    }
-    if info.get("llm"):
-        row["llm"] = dict(info["llm"])
-    # Examples cut at the student's length limits (reported only when a limit is set).
-    train = info.get("train", {})
-    truncated = {k: int(v) for k, v in train.items() if k.startswith("truncated_")}
-    if truncated:
-        row["truncated"] = truncated
-    if "test_accuracy" in info:
-        row["test_accuracy"] = info["test_accuracy"]
-        row["test_skills"] = {s: v["accuracy"] for s, v in info["test_report"].items()}
-    return row
+def find_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (see :meth:`RunDir.find_checkpoint`)."""
+    return RunDir(run_dir).find_checkpoint()
 
 
 # -- callbacks ------------------------------------------------------------
 class RunRecorder(Callback):
     """``steps.jsonl``, ``timings.jsonl``, ``data/`` and ``predictions/`` of a run directory."""
 
-    def __init__(self, out: Path, rows: list[dict[str, Any]] | None = None) -> None:
-        self.out = out
+    def __init__(self, run_dir: RunDir, rows: list[dict[str, Any]] | None = None) -> None:
+        self.run_dir = run_dir
         self.rows: list[dict[str, Any]] = list(rows or [])
 
     def on_start(self, env: Any, teacher: Any, observation: Any, info: dict[str, Any]) -> None:
-        self.rows = [_step_row(info, 0.0, False, False, 0)]
-        _write_jsonl(self.out / "steps.jsonl", self.rows)
-        (self.out / "timings.jsonl").write_text("")
+        self.rows = [StepRecord.from_step(info).to_row()]
+        write_jsonl(self.run_dir.file(STEPS), self.rows)
+        self.run_dir.file(TIMINGS).write_text("")
 
     def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
         info = transition.info
-        row = _step_row(
+        record = StepRecord.from_step(
             info,
-            transition.reward,
-            transition.terminated,
-            transition.truncated,
-            self.rows[-1]["examples_total"] + info["examples_accepted"],
+            reward=transition.reward,
+            terminated=transition.terminated,
+            truncated=transition.truncated,
+            examples_total=self.rows[-1]["examples_total"] + info["examples_accepted"],
+            # An LLM teacher's requests, tokens and fallbacks for the act behind this step.
+            teacher_stats=getattr(teacher, "last_stats", None),
         )
-        # An LLM teacher's requests, tokens and fallbacks for the act behind this step.
-        teacher_stats = getattr(teacher, "last_stats", None)
-        if teacher_stats:
-            row["llm"] = {**row.get("llm", {}), "teacher": teacher_stats}
+        row = record.to_row()
         self.rows.append(row)
         core = env.unwrapped
-        step = info["step"]
-        _write_jsonl(
-            self.out / "data" / f"step_{step:04d}.jsonl",
-            (e.model_dump() for e in core.last_examples),
+        write_jsonl(
+            self.run_dir.data_file(record.step), (e.model_dump() for e in core.last_examples)
         )
-        _write_jsonl(
-            self.out / "predictions" / f"step_{step:04d}.jsonl",
+        write_jsonl(
+            self.run_dir.predictions_file(record.step),
             (p.model_dump() for p in core.last_predictions),
         )
-        _append_jsonl(self.out / "steps.jsonl", row)
-        _append_jsonl(
-            self.out / "timings.jsonl",
-            {"step": step, **dict(info["timings"]), "total": transition.seconds},
+        append_jsonl(self.run_dir.file(STEPS), row)
+        append_jsonl(
+            self.run_dir.file(TIMINGS),
+            {"step": record.step, **dict(info["timings"]), "total": transition.seconds},
         )
 
 
 class Checkpointer(Callback):
     """Swaps in a complete checkpoint after ``reset`` and after every step.
 
-    The new checkpoint is written beside the current one and marked
-    :data:`COMPLETE` last, then swapped in by two renames, so a crash at any
-    moment leaves at least one complete checkpoint (:func:`find_checkpoint`
-    finds the newest). ``elapsed`` gives the run's wall time so far, across
-    every process that worked on it.
+    See :meth:`RunDir.write_checkpoint`: a crash at any moment leaves at least
+    one complete checkpoint. ``elapsed`` gives the run's wall time so far,
+    across every process that worked on it.
     """
 
-    def __init__(self, out: Path, elapsed: Callable[[], float], threads: int) -> None:
-        self.out = out
+    def __init__(self, run_dir: RunDir, elapsed: Callable[[], float], threads: int) -> None:
+        self.run_dir = run_dir
         self.elapsed = elapsed
         self.threads = threads
 
@@ -199,38 +151,31 @@ class Checkpointer(Callback):
         import torch
 
         core = env.unwrapped
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        old = self.out / (CHECKPOINT + ".old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        core.student.save(tmp / "student")
-        state = {
-            "env": core.state_dict(),
-            "teacher": teacher.state_dict(),
-            "info": _jsonable(info),
-            "elapsed": self.elapsed(),
-            "machine": machine_fingerprint(self.threads),
-            "rng": {
-                "python": _jsonable(random.getstate()),
-                "numpy": _jsonable(np.random.get_state(legacy=False)),
-            },
-        }
-        (tmp / "state.json").write_text(json.dumps(state))
-        torch.save(torch.get_rng_state(), tmp / "torch_rng.pt")
-        _fsync_tree(tmp)
-        (tmp / COMPLETE).write_text(str(state["env"]["step"]))
-        current = self.out / CHECKPOINT
-        if current.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            current.rename(old)
-        tmp.rename(current)
-        shutil.rmtree(old, ignore_errors=True)
+        env_state = core.state_dict()
+        with self.run_dir.write_checkpoint(int(env_state["step"])) as tmp:
+            core.student.save(tmp / "student")
+            state = {
+                "env": env_state,
+                "teacher": teacher.state_dict(),
+                "info": _jsonable(info),
+                "elapsed": self.elapsed(),
+                "machine": machine_fingerprint(self.threads),
+                "rng": {
+                    "python": _jsonable(random.getstate()),
+                    "numpy": _jsonable(np.random.get_state(legacy=False)),
+                },
+            }
+            (tmp / "state.json").write_text(json.dumps(state))
+            torch.save(torch.get_rng_state(), tmp / "torch_rng.pt")
 
 
 class ProgressDisplay(Callback):
-    """A live progress bar: budget spent, step, validation accuracy."""
+    """A live progress bar: budget spent, step, validation accuracy.
 
-    def __init__(self, console: Console | None, budget: int) -> None:
+    ``label`` names the episode (a comparison shows one bar per trial).
+    """
+
+    def __init__(self, console: Console | None, budget: int, label: str = "episode") -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -243,12 +188,13 @@ class ProgressDisplay(Callback):
             refresh_per_second=2,  # the bar moves once per step; don't steal the CPU
         )
         self.budget = budget
+        self.label = escape(label)
         self.task_id: Any = None
 
     def _open(self, info: Mapping[str, Any]) -> None:
         self.progress.start()
         self.task_id = self.progress.add_task(
-            "episode",
+            self.label,
             total=self.budget,
             completed=self.budget - info["budget_left"],
             acc=info["accuracy"],
@@ -278,6 +224,43 @@ class ProgressDisplay(Callback):
 
     def on_error(self, env: Any, teacher: Any, error: BaseException) -> None:
         self.progress.stop()
+
+
+class LLMFailureNotice(Callback):
+    """Says at once when every LLM request of a step failed, naming where and why.
+
+    A generator whose server is down makes no data; the step then trains on
+    nothing, and without this the only trace would be a counter in
+    ``steps.jsonl``. The message names the component, the endpoint and the
+    last error (from the client's ``last_failure``).
+    """
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        #: Steps whose requests all failed, per component (for the end-of-run summary).
+        self.failed_steps: dict[str, int] = {}
+        self.last_failure: dict[str, str] = {}
+
+    def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
+        stats = dict(transition.info.get("llm") or {})
+        teacher_stats = getattr(teacher, "last_stats", None) or {}
+        if teacher_stats.get("llm"):
+            stats["teacher"] = teacher_stats["llm"]
+        for who, counts in stats.items():
+            requests = int(counts.get("requests", 0))
+            if requests == 0 or counts.get("ok", 0) > 0:
+                continue
+            why = counts.get("last_failure") or ", ".join(
+                f"{k} {v}" for k, v in counts.get("failed", {}).items()
+            )
+            self.failed_steps[who] = self.failed_steps.get(who, 0) + 1
+            self.last_failure[who] = why
+            if self.console is not None:
+                self.console.print(
+                    f"[yellow]warning:[/yellow] step {transition.info['step']}: all {requests} "
+                    f"LLM request(s) of the {who} failed: {escape(why)}",
+                    highlight=False,
+                )
 
 
 class WandbCallback(Callback):
@@ -315,41 +298,6 @@ class WandbCallback(Callback):
         self.tracker.finish(summary)
 
 
-# -- checkpoints ----------------------------------------------------------
-def _fsync_tree(path: Path) -> None:
-    for item in sorted(path.rglob("*")):
-        if item.is_file():
-            with item.open("rb") as f:
-                os.fsync(f.fileno())
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    """The env step a checkpoint directory holds, or None if it is incomplete."""
-    marker = path / COMPLETE
-    if not marker.is_file() or not (path / "state.json").is_file():
-        return None
-    try:
-        return int(marker.read_text())
-    except ValueError:
-        return None
-
-
-def find_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, wherever a crash left it.
-
-    A crash inside :meth:`Checkpointer.save` can leave the newest complete
-    checkpoint as ``checkpoint/``, ``checkpoint.tmp/`` (written, not yet
-    swapped in) or ``checkpoint.old/`` (the previous one, when the crash came
-    between the two renames); incomplete directories are ignored.
-    """
-    best: tuple[int, Path] | None = None
-    for name in (CHECKPOINT, CHECKPOINT + ".tmp", CHECKPOINT + ".old"):
-        step = _checkpoint_step(run_dir / name)
-        if step is not None and (best is None or step > best[0]):
-            best = (step, run_dir / name)
-    return None if best is None else best[1]
-
-
 # -- the runner -------------------------------------------------------------
 class EpisodeRunner:
     """Runs one episode of ``config`` into ``out_dir``.
@@ -357,7 +305,8 @@ class EpisodeRunner:
     Args:
         config: the experiment config (``threads`` is resolved and recorded).
         out_dir: the run directory; created if missing. A directory that
-            already holds a run is refused unless ``resume`` is set.
+            already holds a run is refused unless ``resume`` is set; one
+            whose start failed (no checkpoint) is replaced.
         resume: continue from the directory's newest complete checkpoint.
         console: where progress and the final table go; ``None`` is silent.
         threads: on resume, a thread count other than the recorded one (a
@@ -365,6 +314,11 @@ class EpisodeRunner:
         callbacks: more :class:`~teachgym.experiments.loop.Callback` objects,
             called after the run directory's own (a Tune trial reports with one).
         wandb_group: the wandb group of the run (a sweep's episodes share one).
+        label: the name on the progress bar.
+
+    The config is checked (:func:`teachgym.registry.check_config`) and the
+    env and teacher are built before anything is written; a start that fails
+    before the first checkpoint leaves no run files behind.
 
     With ``backend: ray``, a worker that dies mid-episode (its process killed,
     its node lost) is replaced: the runner rebuilds the actors and resumes
@@ -382,16 +336,21 @@ class EpisodeRunner:
         threads: int | None = None,
         callbacks: Sequence[Callback] = (),
         wandb_group: str | None = None,
+        label: str = "episode",
     ) -> None:
         self.config = resolve_config(config)
         self.wandb_group = wandb_group
         self.out = Path(out_dir)
+        self.run_dir = RunDir(self.out)
         self.resume = resume
         self.console = console
         self.threads = threads if threads is not None else self.config.threads
         assert self.threads is not None
         self.callbacks = list(callbacks)
+        self.label = label
         self.restarts = 0
+        self.skills: list[str] = []
+        self.llm_notice = LLMFailureNotice(console)
 
     # -- public -----------------------------------------------------------
     @classmethod
@@ -399,25 +358,36 @@ class EpisodeRunner:
         cls, run_dir: str | Path, console: Console | None = None, threads: int | None = None
     ) -> EpisodeRunner:
         """A runner that resumes the run in ``run_dir`` with its saved config."""
-        run_dir = Path(run_dir)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
+        directory = RunDir(run_dir)
+        if not directory.has_config():
             raise RunError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
-        config = build_config(yaml.safe_load(cfg_path.read_text()))
-        return cls(config, run_dir, resume=True, console=console, threads=threads)
+        if not directory.holds_run():
+            raise RunError(
+                f"cannot resume {str(run_dir)!r}: its start failed before the first checkpoint; "
+                f"start it again with `teachgym run ... --out {run_dir}`"
+            )
+        return cls(directory.read_config(), run_dir, resume=True, console=console, threads=threads)
 
     def run(self, max_new_steps: int | None = None) -> dict[str, Any] | None:
         """Run (or finish) the episode; returns the summary written to summary.json.
 
         ``max_new_steps`` stops after that many steps with the run left
         resumable (``None`` is returned): a time-boxed job can do a slice of an
-        episode and a later job resumes it.
+        episode and a later job resumes it. An episode that accepted no
+        examples at all raises :class:`~teachgym.errors.RunFailed` after its
+        summary is written.
         """
+        registry.check_config(self.config)
+        if not self.resume and self.run_dir.holds_run():
+            raise RunError(
+                f"{str(self.out)!r} already holds a run; resume it with "
+                f"`teachgym run --resume {self.out}` or choose another --out"
+            )
         call_start = time.perf_counter()
         elapsed_at_call: float | None = None
         while True:
             try:
-                return self._run_once(max_new_steps, call_start, elapsed_at_call)
+                summary = self._run_once(max_new_steps, call_start, elapsed_at_call)
             except worker_failures() as err:
                 if self.restarts >= self.config.resources.max_restarts:
                     raise
@@ -432,12 +402,38 @@ class EpisodeRunner:
                 self.resume = True
                 # Time lost since the last checkpoint still counts as the run's time.
                 elapsed_at_call = self._elapsed_at_call
+                continue
+            if summary is not None and summary["examples_used"] == 0:
+                raise RunFailed(self._nothing_trained())
+            return summary
+
+    def _nothing_trained(self) -> str:
+        """One line: the episode accepted no examples, and why."""
+        rejected: dict[str, int] = {}
+        made = 0
+        for row in self.run_dir.rows():
+            made += int(row.get("examples_made", 0))
+            for reason, n in row.get("rejected", {}).items():
+                rejected[reason] = rejected.get(reason, 0) + int(n)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda x: -x[1]))
+        notice = self.llm_notice
+        llm = "; ".join(
+            f"every LLM request of the {who} failed in {n} step(s): {notice.last_failure[who]}"
+            for who, n in notice.failed_steps.items()
+        )
+        return (
+            f"the episode trained on nothing: 0 examples accepted of {made} made"
+            + (f" (rejected: {reasons})" if reasons else "")
+            + (f"; {llm}" if llm else "")
+            + f"; see {self.out / STEPS}"
+        )
 
     def _run_once(
         self, max_new_steps: int | None, call_start: float, elapsed_at_call: float | None
     ) -> dict[str, Any] | None:
-        self._prepare_dir()
-        ckpt = find_checkpoint(self.out) if self.resume else None
+        ckpt = self.run_dir.find_checkpoint() if self.resume else None
+        if self.resume and ckpt is None:
+            raise RunError(f"cannot resume {str(self.out)!r}: it has no complete checkpoint")
         saved = json.loads((ckpt / "state.json").read_text()) if ckpt is not None else None
         if saved is not None and elapsed_at_call is None:
             self._warn_if_machine_differs(saved.get("machine", {}))
@@ -447,6 +443,7 @@ class EpisodeRunner:
         # Globals first, so that every component's construction is seeded.
         seed_everything(self.config.seed)
         config = self.config.model_copy(update={"threads": self.threads})
+        created = False
         env = gym.make(config.env, config=config)
         try:
             teacher = registry.build(
@@ -456,6 +453,7 @@ class EpisodeRunner:
                 seed=config.seed,
                 **config.component_kwargs("teacher"),
             )
+            self.skills = list(env.unwrapped.skills)
 
             def elapsed() -> float:
                 assert elapsed_at_call is not None
@@ -464,23 +462,26 @@ class EpisodeRunner:
             state: EpisodeState | None = None
             rows: list[dict[str, Any]] = []
             if ckpt is not None and saved is not None:
-                ckpt = self._adopt(ckpt)
+                ckpt = self.run_dir.adopt(ckpt)
                 state = self._restore(env, teacher, ckpt, saved)
                 step = int(saved["env"]["step"])
-                rows = [r for r in read_jsonl(self.out / "steps.jsonl") if r["step"] <= step]
-                _write_jsonl(self.out / "steps.jsonl", rows)
-                timings = read_jsonl(self.out / "timings.jsonl")
-                _write_jsonl(self.out / "timings.jsonl", [t for t in timings if t["step"] <= step])
+                rows = self.run_dir.truncate(step)
                 state = EpisodeState(state.observation, state.info, done=bool(saved["env"]["done"]))
-            recorder = RunRecorder(self.out, rows)
+                self._say_resumed(step, rows)
+            else:
+                self.run_dir.create(dump_config(self.config))
+                created = True
+            recorder = RunRecorder(self.run_dir, rows)
             callbacks: list[Callback] = [
                 recorder,
-                Checkpointer(self.out, elapsed, self.threads),
-                ProgressDisplay(self.console, config.budget),
+                Checkpointer(self.run_dir, elapsed, self.threads),
+                ProgressDisplay(self.console, config.budget, self.label),
+                self.llm_notice,
             ]
+            settings = config.wandb_settings
             tracker = (
                 WandbCallback(config, self.out, recorder, self.wandb_group)
-                if config.wandb
+                if settings is not None
                 else None
             )
             if tracker is not None:
@@ -494,6 +495,12 @@ class EpisodeRunner:
                 resume=state,
                 max_new_steps=max_new_steps,
             )
+        except BaseException:
+            # A start that failed before its first checkpoint leaves nothing to resume:
+            # remove its files, so the same command can simply be run again.
+            if created and not self.run_dir.holds_run():
+                self.run_dir.discard()
+            raise
         finally:
             env.close()
         if not result.finished:
@@ -503,30 +510,15 @@ class EpisodeRunner:
             tracker.finish(summary)
         return summary
 
-    # -- directory and checkpoint ----------------------------------------
-    def _prepare_dir(self) -> None:
-        if self.resume:
-            if not (self.out / "config.yaml").is_file():
-                raise RunError(f"cannot resume: {str(self.out)!r} has no config.yaml")
+    def _say_resumed(self, step: int, rows: list[dict[str, Any]]) -> None:
+        if self.console is None:
             return
-        if (self.out / "steps.jsonl").exists() or (self.out / "config.yaml").exists():
-            raise RunError(
-                f"{str(self.out)!r} already holds a run; resume it with "
-                f"`teachgym run --resume {self.out}` or choose another --out"
-            )
-        for sub in ("data", "predictions"):
-            (self.out / sub).mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.config))
-
-    def _adopt(self, ckpt: Path) -> Path:
-        """Move the checkpoint being resumed into ``checkpoint/`` and drop the others."""
-        current = self.out / CHECKPOINT
-        if ckpt != current:
-            shutil.rmtree(current, ignore_errors=True)
-            ckpt.rename(current)
-        for name in (CHECKPOINT + ".tmp", CHECKPOINT + ".old"):
-            shutil.rmtree(self.out / name, ignore_errors=True)
-        return current
+        used = rows[-1]["examples_total"] if rows else 0
+        self.console.print(
+            f"resuming {escape(str(self.out))} from its checkpoint after step {step} "
+            f"({used}/{self.config.budget} examples used)",
+            highlight=False,
+        )
 
     def _restore(self, env: gym.Env, teacher: Any, ckpt: Path, state: dict[str, Any]) -> Any:
         import torch
@@ -574,22 +566,27 @@ class EpisodeRunner:
             "steps": last["step"],
             "wall_seconds": wall,
         }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        plots.plot_learning_curve(rows, self.out / "learning_curve.png")
-        plots.plot_skill_heatmap(rows, self.out / "skills_heatmap.png")
+        self.run_dir.file(SUMMARY).write_text(json.dumps(summary, indent=2))
+        plots.plot_learning_curve(rows, self.run_dir.file(LEARNING_CURVE), skills=self.skills)
+        plots.plot_skill_heatmap(rows, self.run_dir.file(SKILLS_HEATMAP), skills=self.skills)
+        plots.plot_allocation(rows, self.run_dir.file(ALLOCATION), skills=self.skills)
         if self.console is not None:
-            self.console.print(steps_table(rows))
+            self.console.print(steps_table(rows, self.skills))
+            test = summary["final_test_accuracy"]
             self.console.print(
                 f"final val accuracy {summary['final_val_accuracy']:.3f}, test accuracy "
-                f"{summary['final_test_accuracy']:.3f}, AULC {summary['aulc']:.3f}, "
-                f"{summary['examples_used']} examples, {wall:.1f} s -> {self.out}"
+                + (f"{test:.3f}" if test is not None else "n/a")
+                + f", AULC {summary['aulc']:.3f}, {summary['examples_used']} examples, "
+                f"{wall:.1f} s -> {escape(str(self.out))}",
+                highlight=False,
             )
         return summary
 
 
-def steps_table(rows: list[dict[str, Any]]) -> Table:
-    """The per-step table printed at the end of a run."""
-    skills = list(rows[-1]["skills"])
+def steps_table(rows: list[dict[str, Any]], skills: Sequence[str] | None = None) -> Table:
+    """The per-step table printed at the end of a run, skill columns in ``skills`` order
+    (the env's; ``steps.jsonl`` stores them sorted)."""
+    skills = list(skills) if skills else list(rows[-1]["skills"])
     table = Table(title="per-step validation accuracy")
     table.add_column("step", justify="right")
     table.add_column("examples", justify="right", min_width=8)
@@ -597,7 +594,7 @@ def steps_table(rows: list[dict[str, Any]]) -> Table:
     for s in skills:
         # "add/carry_3d" -> "add/" over "carry_3d": narrow columns, full names.
         head, sep, tail = s.rpartition("/")
-        table.add_column(f"{head}{sep}\n{tail}" if sep else s, justify="right")
+        table.add_column(escape(f"{head}{sep}\n{tail}" if sep else s), justify="right")
     for r in rows:
         table.add_row(
             str(r["step"]),

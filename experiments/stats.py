@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "METRICS",
     "T_975",
     "aulc",
+    "examples_to_target",
     "format_leaderboard",
     "leaderboard",
     "mean_ci95",
@@ -124,8 +126,36 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 _ROW_KEYS = ("teacher", "seed", "aulc", "final_test_accuracy", "examples_used")
 
+#: Leaderboard metrics: the episode-row key each reads, and whether higher is better.
+METRICS: dict[str, tuple[str, bool]] = {
+    "aulc": ("aulc", True),
+    "final_test": ("final_test_accuracy", True),
+    "examples_to_target": ("examples_to_target", False),
+}
 
-def leaderboard(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+
+def examples_to_target(points: Sequence[tuple[float, float]], target: float) -> tuple[float, bool]:
+    """Examples trained on when validation accuracy first reached ``target``.
+
+    ``points`` are ``(examples_total, val_accuracy)`` per step, baseline first.
+    An episode that never reached it counts its last ``examples_total`` (a
+    lower bound on what it would have needed) and ``False``: a teacher that
+    never gets there is never ranked above one that does at the same cost.
+
+    >>> examples_to_target([(0, 0.1), (100, 0.5), (200, 0.95)], 0.9)
+    (200.0, True)
+    >>> examples_to_target([(0, 0.1), (100, 0.5)], 0.9)
+    (100.0, False)
+    """
+    if not points:
+        raise ValueError("examples_to_target() needs at least one point")
+    for examples, accuracy in points:
+        if accuracy >= target:
+            return float(examples), True
+    return float(points[-1][0]), False
+
+
+def leaderboard(rows: Sequence[Mapping[str, Any]], metric: str = "aulc") -> list[dict[str, Any]]:
     """Aggregate per-episode summaries into one row per teacher, best AULC first.
 
     Each input row is one (teacher, seed) episode with keys ``teacher``, ``seed``, ``aulc``,
@@ -165,24 +195,41 @@ def leaderboard(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         seen.add(key)
         groups.setdefault(teacher, []).append(row)
 
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     board: list[dict[str, Any]] = []
     for teacher, episodes in groups.items():
         aulc_mean, aulc_ci = mean_ci95([e["aulc"] for e in episodes])
         test_mean, test_ci = mean_ci95([e["final_test_accuracy"] for e in episodes])
         examples_mean = math.fsum(float(e["examples_used"]) for e in episodes) / len(episodes)
-        board.append(
-            {
-                "teacher": teacher,
-                "aulc_mean": aulc_mean,
-                "aulc_ci95": aulc_ci,
-                "final_test_mean": test_mean,
-                "final_test_ci95": test_ci,
-                "examples_mean": examples_mean,
-                "seeds": len(episodes),
-            }
-        )
-    board.sort(key=lambda r: (-r["aulc_mean"], r["teacher"]))
+        row = {
+            "teacher": teacher,
+            "aulc_mean": aulc_mean,
+            "aulc_ci95": aulc_ci,
+            "final_test_mean": test_mean,
+            "final_test_ci95": test_ci,
+            "examples_mean": examples_mean,
+            "seeds": len(episodes),
+        }
+        if all(e.get("examples_to_target") is not None for e in episodes):
+            mean, ci = mean_ci95([float(e["examples_to_target"]) for e in episodes])
+            row["examples_to_target_mean"] = mean
+            row["examples_to_target_ci95"] = ci
+            row["target_reached"] = sum(bool(e.get("target_reached", True)) for e in episodes)
+        board.append(row)
+    key = _metric_key(metric, board)
+    sign = -1.0 if METRICS[metric][1] else 1.0
+    board.sort(key=lambda r: (sign * r[key], r["teacher"]))
     return board
+
+
+def _metric_key(metric: str, board: Sequence[Mapping[str, Any]]) -> str:
+    key = {"aulc": "aulc_mean", "final_test": "final_test_mean"}.get(
+        metric, "examples_to_target_mean"
+    )
+    if any(key not in r for r in board):
+        raise ValueError(f"the episodes have no {METRICS[metric][0]!r} to rank by {metric}")
+    return key
 
 
 def _pm(mean: float, ci: float, digits: int = 3) -> str:
@@ -229,7 +276,9 @@ def format_leaderboard(board: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str) -> list[dict[str, Any]]:
+def paired_differences(
+    rows: Sequence[Mapping[str, Any]], reference: str, metric: str = "aulc"
+) -> list[dict[str, Any]]:
     """Per-seed differences ``reference - other`` for every other teacher, with 95% CIs.
 
     Teachers compared on the same seed start from the same student weights and are scored
@@ -237,7 +286,9 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str) -> lis
     the student takes to "get" a skill) is shared. Differencing within a seed removes that
     shared part; the per-teacher intervals of :func:`leaderboard` keep it, so they can
     overlap while the paired interval lies clear of zero. Only seeds that both teachers ran
-    are used. ``wins`` counts the seeds where the reference had the higher AULC.
+    are used. ``wins`` counts the seeds where the reference did better by ``metric`` (higher
+    AULC or final test accuracy, fewer examples to the target), and with
+    ``examples_to_target`` the rows also hold its differences.
 
     >>> rows = [
     ...     {"teacher": "a", "seed": s, "aulc": 0.5 + 0.1 * s, "final_test_accuracy": 0.9}
@@ -256,6 +307,9 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str) -> lis
     if reference not in by_teacher:
         raise ValueError(f"reference teacher {reference!r} is not among {sorted(by_teacher)}")
     ref = by_teacher[reference]
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    field, higher_better = METRICS[metric]
     out: list[dict[str, Any]] = []
     for teacher, episodes in by_teacher.items():
         if teacher == reference:
@@ -270,17 +324,25 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], reference: str) -> lis
         ]
         aulc_mean, aulc_ci = mean_ci95(aulc_d)
         test_mean, test_ci = mean_ci95(test_d)
-        out.append(
-            {
-                "reference": reference,
-                "teacher": teacher,
-                "aulc_diff_mean": aulc_mean,
-                "aulc_diff_ci95": aulc_ci,
-                "final_test_diff_mean": test_mean,
-                "final_test_diff_ci95": test_ci,
-                "wins": sum(d > 0 for d in aulc_d),
-                "seeds": len(seeds),
-            }
-        )
-    out.sort(key=lambda r: (-r["aulc_diff_mean"], r["teacher"]))
+        metric_d = [float(ref[s][field]) - float(episodes[s][field]) for s in seeds]
+        row = {
+            "reference": reference,
+            "teacher": teacher,
+            "aulc_diff_mean": aulc_mean,
+            "aulc_diff_ci95": aulc_ci,
+            "final_test_diff_mean": test_mean,
+            "final_test_diff_ci95": test_ci,
+            "wins": sum((d > 0) if higher_better else (d < 0) for d in metric_d),
+            "seeds": len(seeds),
+        }
+        if metric == "examples_to_target":
+            row["examples_to_target_diff_mean"], row["examples_to_target_diff_ci95"] = mean_ci95(
+                metric_d
+            )
+        out.append(row)
+    key = {"aulc": "aulc_diff_mean", "final_test": "final_test_diff_mean"}.get(
+        metric, "examples_to_target_diff_mean"
+    )
+    sign = -1.0 if higher_better else 1.0
+    out.sort(key=lambda r: (sign * r[key], r["teacher"]))
     return out

@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from teachgym import registry
@@ -55,20 +56,23 @@ from teachgym.config import (
     config_diff,
     fingerprint,
     parse_cli_overrides,
+    read_yaml,
 )
-from teachgym.errors import ConfigError, RunError
+from teachgym.errors import ConfigError, RunError, RunFailed
 from teachgym.experiments import plots
 from teachgym.experiments.loop import Callback, Transition
-from teachgym.experiments.runner import (
-    CHECKPOINT,
-    EpisodeRunner,
-    find_checkpoint,
-    read_jsonl,
-    resolve_config,
+from teachgym.experiments.rundir import ATTEMPTS, FAILURES, STEPS, RunDir, read_jsonl
+from teachgym.experiments.runner import EpisodeRunner, resolve_config
+from teachgym.experiments.stats import (
+    METRICS,
+    examples_to_target,
+    leaderboard,
+    paired_differences,
 )
-from teachgym.experiments.stats import leaderboard, paired_differences
 
 SPEC_FILE = "sweep.yaml"
+#: One row per driver process that worked on the sweep (a resume adds one).
+SESSIONS_FILE = "sessions.jsonl"
 
 __all__ = [
     "SweepSpec",
@@ -129,6 +133,16 @@ class SweepSpec:
     seeds: int
     grid: dict[str, list[Any]]
     max_failures: int = 2
+    #: What ranks the leaderboard (a key of :data:`~teachgym.experiments.stats.METRICS`).
+    metric: str = "aulc"
+    #: The val accuracy ``examples_to_target`` counts the examples to.
+    target: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if not 0.0 < self.target <= 1.0:
+            raise ConfigError(f"--target must be in (0, 1], got {self.target}")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(
@@ -138,19 +152,25 @@ class SweepSpec:
                 "seeds": self.seeds,
                 "grid": self.grid,
                 "max_failures": self.max_failures,
+                "metric": self.metric,
+                "target": self.target,
             },
             sort_keys=False,
         )
 
     @classmethod
-    def from_yaml(cls, text: str) -> SweepSpec:
-        data = yaml.safe_load(text)
+    def from_yaml(cls, text: str, where: str = SPEC_FILE) -> SweepSpec:
+        data = read_yaml(text, where)
+        if not isinstance(data, dict) or "config" not in data:
+            raise RunError(f"{where} is not a sweep spec")
         return cls(
             config=build_config(data["config"]),
             teachers=list(data["teachers"]),
             seeds=int(data["seeds"]),
             grid=dict(data.get("grid") or {}),
             max_failures=int(data.get("max_failures", 2)),
+            metric=str(data.get("metric", "aulc")),
+            target=float(data.get("target", 0.9)),
         )
 
 
@@ -162,8 +182,10 @@ def plan_trials(
 ) -> list[Trial]:
     """Every (teacher, grid point, seed), in that order, with configs validated now.
 
-    Names and values are checked before any episode runs, so a typo fails in
-    a second instead of after hours of work.
+    Names, options and values of every trial are checked before any episode
+    runs (:func:`teachgym.registry.check_config`), so a typo, or a grid key
+    that one of the teachers does not take, fails in a second instead of
+    after hours of work.
     """
     if not teachers:
         raise ConfigError("--teachers needs at least one teacher name")
@@ -182,41 +204,66 @@ def plan_trials(
                 label += "[" + ",".join(f"{k}={v}" for k, v in point.items()) + "]"
             for seed in range(seeds):
                 cfg = build_config(config, {**point, "teacher": teacher, "seed": seed})
+                if seed == 0:  # seeds differ only by seed: check each (teacher, point) once
+                    try:
+                        registry.check_config(cfg)
+                    except ConfigError as err:
+                        raise ConfigError(f"trial {label}: {err}") from None
                 trials.append(Trial(label, seed, resolve_config(cfg)))
     return trials
 
 
 # -- one trial --------------------------------------------------------------------
 def run_trial_episode(
-    trial: Trial, run_dir: Path, callbacks: Sequence[Callback] = (), group: str | None = None
-) -> dict[str, Any]:
-    """The summary of ``trial``'s episode in ``run_dir``: read back, resumed or run.
+    trial: Trial,
+    run_dir: Path,
+    callbacks: Sequence[Callback] = (),
+    group: str | None = None,
+    console: Console | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """The summary of ``trial``'s episode in ``run_dir`` (read back, resumed or run), and
+    whether it was read back from an earlier run (cached).
 
     A directory that holds an episode of another config is refused, naming
     the keys that differ (with fingerprinted names this means the directory
     was edited by hand): reusing it would put a different experiment in the
-    leaderboard, and overwriting it would lose one.
+    leaderboard, and overwriting it would lose one. A trial that trained on
+    nothing still counts (its summary says so); the console says it at once.
     """
-    saved_path = run_dir / "config.yaml"
-    if saved_path.exists():
-        saved = build_config(yaml.safe_load(saved_path.read_text()))
+    directory = RunDir(run_dir)
+    label = f"{trial.label} seed={trial.seed}"
+    resume = False
+    if directory.has_config():
+        saved = directory.read_config()
         if fingerprint(saved) != fingerprint(trial.config):
             diff = "; ".join(config_diff(saved, trial.config))
             raise RunError(
                 f"{str(run_dir)!r} holds an episode of another config ({diff}); "
                 f"choose another --out, or delete that directory to rerun it"
             )
-        summary_path = run_dir / "summary.json"
-        if summary_path.exists():
-            return dict(json.loads(summary_path.read_text()))
-        runner = EpisodeRunner(
-            trial.config, run_dir, resume=True, callbacks=callbacks, wandb_group=group
-        )
-    else:
-        runner = EpisodeRunner(trial.config, run_dir, callbacks=callbacks, wandb_group=group)
-    summary = runner.run()
+        summary = directory.summary()
+        if summary is not None:
+            return summary, True
+        resume = directory.holds_run()
+    runner = EpisodeRunner(
+        trial.config,
+        run_dir,
+        resume=resume,
+        callbacks=callbacks,
+        wandb_group=group,
+        console=console,
+        label=label,
+    )
+    try:
+        summary = runner.run()
+    except RunFailed as err:
+        if console is not None:
+            console.print(f"[yellow]warning:[/yellow] {escape(label)}: {escape(str(err))}")
+        summary = directory.summary()
+        if summary is None:
+            raise
     assert summary is not None
-    return summary
+    return summary, False
 
 
 def _episode_row(trial: Trial, summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,7 +305,7 @@ class TuneReporter(Callback):
     """Reports each step to Tune with a checkpoint: the run's checkpoint and its rows."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+        self.run_dir = RunDir(run_dir)
 
     def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
         from ray import tune
@@ -269,35 +316,13 @@ class TuneReporter(Callback):
             "val_accuracy": info["accuracy"],
             "reward": transition.reward,
             "budget_left": info["budget_left"],
+            "examples_accepted": info["examples_accepted"],
             # Not "done": that key tells Tune to stop the trial.
             "episode_done": transition.done,
         }
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copytree(self.run_dir / CHECKPOINT, Path(tmp) / CHECKPOINT)
-            for name in ("steps.jsonl", "timings.jsonl", "config.yaml"):
-                shutil.copy2(self.run_dir / name, Path(tmp) / name)
+            self.run_dir.export_resumable(Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def _restore_from_tune(checkpoint_dir: Path, run_dir: Path) -> None:
-    """Seed ``run_dir`` from a Tune checkpoint unless it already holds a newer one.
-
-    On shared storage the run directory survives a failure and is at least
-    as new; on a node's local disk it may be gone, and Tune's copy is all
-    there is.
-    """
-    ours = find_checkpoint(run_dir)
-    ours_step = int((ours / "COMPLETE").read_text()) if ours is not None else -1
-    theirs_step = int((checkpoint_dir / CHECKPOINT / "COMPLETE").read_text())
-    if theirs_step <= ours_step:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "predictions"):
-        (run_dir / sub).mkdir(exist_ok=True)
-    shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
-    shutil.copytree(checkpoint_dir / CHECKPOINT, run_dir / CHECKPOINT)
-    for name in ("steps.jsonl", "timings.jsonl", "config.yaml"):
-        shutil.copy2(checkpoint_dir / name, run_dir / name)
 
 
 def tune_trainable(params: dict[str, Any]) -> None:
@@ -317,15 +342,15 @@ def tune_trainable(params: dict[str, Any]) -> None:
         "node": ray.get_runtime_context().get_node_id(),
         "pid": os.getpid(),
     }
-    with (run_dir / "attempts.jsonl").open("a") as f:
+    with (run_dir / ATTEMPTS).open("a") as f:
         f.write(json.dumps(attempt) + "\n")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            _restore_from_tune(Path(directory), run_dir)
+            RunDir(run_dir).import_resumable(Path(directory))
     try:
         group = Path(params["sweep_dir"]).name
-        summary = run_trial_episode(trial, run_dir, [TuneReporter(run_dir)], group=group)
+        summary, cached = run_trial_episode(trial, run_dir, [TuneReporter(run_dir)], group=group)
     except Exception as err:  # SystemExit / KeyboardInterrupt are Tune stopping the trial
         failure = {
             "time": time.time(),
@@ -334,10 +359,10 @@ def tune_trainable(params: dict[str, Any]) -> None:
             "message": str(err)[:2000],
             "traceback": traceback.format_exc()[-8000:],
         }
-        with (run_dir / "failures.jsonl").open("a") as f:
+        with (run_dir / FAILURES).open("a") as f:
             f.write(json.dumps(failure) + "\n")
         raise
-    tune.report({k: v for k, v in summary.items() if _scalar(v)})
+    tune.report({**{k: v for k, v in summary.items() if _scalar(v)}, "cached": cached})
 
 
 def _scalar(value: Any) -> bool:
@@ -350,7 +375,8 @@ def _trial_of(tune_config: Mapping[str, Any]) -> Trial:
 
 
 def _tune_callbacks(quiet: bool, total: int) -> list[Any]:
-    """A line per finished or failed trial (Tune's own console output is off).
+    """A line per step of a running trial, and per finished or failed trial (Tune's own
+    console output is off).
 
     Tune pickles its callbacks with the experiment state, so this one holds
     nothing but numbers and prints with ``print``.
@@ -366,11 +392,31 @@ def _tune_callbacks(quiet: bool, total: int) -> list[Any]:
                 t = _trial_of(trial.config)
                 print(f"[{self.done}/{total}] {t.label} seed={t.seed} {what}", flush=True)
 
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
+            if quiet or "episode_done" not in result:
+                return
+            t = _trial_of(trial.config)
+            budget = t.config.budget
+            used = budget - int(result["budget_left"])
+            print(
+                f"    {t.label} seed={t.seed}: step {result['step']}, val acc "
+                f"{result['val_accuracy']:.3f}, budget {used}/{budget}",
+                flush=True,
+            )
+
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
             self.done += 1
-            self._line(trial, "finished")
+            result = trial.last_result or {}
+            what = "finished"
+            if result.get("cached"):
+                what += " (cached: read back from an earlier run)"
+            elif "aulc" in result:
+                what += f": AULC {result['aulc']:.3f}"
+            self._line(trial, what)
 
         def on_trial_error(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -459,29 +505,44 @@ def run_sweep(
     trials = plan_trials(spec.config, spec.teachers, spec.seeds, spec.grid)
     out.mkdir(parents=True, exist_ok=True)
     (out / SPEC_FILE).write_text(spec.to_yaml())
+    with (out / SESSIONS_FILE).open("a") as f:
+        f.write(json.dumps({"started": time.time(), "pid": os.getpid(), "resume": resume}) + "\n")
     if executor == "serial":
-        for i, trial in enumerate(trials):
-            if console is not None:
-                console.print(f"[{i + 1}/{len(trials)}] {trial.label} seed={trial.seed}")
-            summary = run_trial_episode(trial, out / trial.dirname, group=out.name)
-            if console is not None:
-                console.print(
-                    f"    AULC {summary['aulc']:.3f}  test {summary['final_test_accuracy']:.3f}"
-                )
+        _run_serial(out, trials, console)
     else:
         _run_tune(out, spec, trials, resume, console, max_concurrent)
-    return write_reports(out, trials, console)
+    return write_reports(out, trials, console, metric=spec.metric, target=spec.target)
+
+
+def _run_serial(out: Path, trials: Sequence[Trial], console: Console | None) -> None:
+    """``teachgym compare``: trials one after another, each with its progress bar."""
+    for i, trial in enumerate(trials):
+        name = f"[{i + 1}/{len(trials)}] {trial.label} seed={trial.seed}"
+        summary, cached = run_trial_episode(
+            trial, out / trial.dirname, group=out.name, console=console
+        )
+        if console is not None:
+            test = summary["final_test_accuracy"]
+            result = f"AULC {summary['aulc']:.3f}, test " + (
+                f"{test:.3f}" if test is not None else "n/a"
+            )
+            state = "cached: read back from an earlier run" if cached else "finished"
+            console.print(f"{escape(name)} {state}: {result}", highlight=False)
 
 
 def resume_sweep(
     out_dir: str | Path, *, executor: str = "tune", console: Console | None = None
 ) -> list[dict[str, Any]]:
-    """Finish the sweep in ``out_dir`` (its driver was killed, or trials failed)."""
+    """Finish the sweep in ``out_dir`` (its driver was killed, or trials failed).
+
+    Ray Tune restores the sweep as it was set up (its trials and its limit on
+    concurrent trials); finished trials are read back.
+    """
     out = Path(out_dir).resolve()
     spec_path = out / SPEC_FILE
     if not spec_path.is_file():
         raise RunError(f"cannot resume: {str(out)!r} has no {SPEC_FILE}")
-    spec = SweepSpec.from_yaml(spec_path.read_text())
+    spec = SweepSpec.from_yaml(spec_path.read_text(), str(spec_path))
     return run_sweep(spec, out, executor=executor, resume=True, console=console)
 
 
@@ -499,115 +560,204 @@ def compare_teachers(
 
 
 # -- reports ----------------------------------------------------------------------
+def _trial_status(
+    run_dir: Path, sessions: Sequence[float]
+) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
+    """A trial's failures (retried ones included), the attempts a stopped driver
+    interrupted, and its attempts.
+
+    An attempt that wrote no failure and was followed by another attempt
+    either lost its process (killed, out of memory, its node gone: recorded
+    as ``WorkerLost``) or was stopped with the whole sweep when its driver
+    stopped: then a driver session began between the two attempts, and the
+    attempt is counted as interrupted, not as a failure of the trial.
+    """
+    failures = [
+        {k: f[k] for k in ("error", "message", "node")} | {"time": f.get("time", 0.0)}
+        for f in read_jsonl(run_dir / FAILURES)
+    ]
+    attempts = read_jsonl(run_dir / ATTEMPTS)
+    interrupted = 0
+    for this, after in itertools.pairwise(attempts):
+        start, end = float(this["started"]), float(after["started"])
+        if any(start <= float(f["time"]) <= end for f in failures):
+            continue
+        if any(start < t <= end for t in sessions):
+            interrupted += 1
+            continue
+        failures.append(
+            {
+                "error": "WorkerLost",
+                "message": "the trial's process died (killed, out of memory or its node "
+                "lost) and Ray Tune started it again",
+                "node": this["node"],
+                "time": start,
+            }
+        )
+    failures.sort(key=lambda f: float(f["time"]))
+    return [{k: v for k, v in f.items() if k != "time"} for f in failures], interrupted, attempts
+
+
 def write_reports(
-    out: Path, trials: Sequence[Trial], console: Console | None = None
+    out: Path,
+    trials: Sequence[Trial],
+    console: Console | None = None,
+    *,
+    metric: str = "aulc",
+    target: float = 0.9,
 ) -> list[dict[str, Any]]:
     """``episodes.json``, ``leaderboard.json``, ``paired.json``, ``comparison.png``, ``sweep.json``.
 
-    Trials that did not finish are left out of the leaderboard and listed in
-    ``sweep.json`` with their failures; every trial's failures are listed,
-    retried ones included.
+    The leaderboard is ranked by ``metric`` and the paired table compares the
+    leader with each other label by it. Trials that did not finish are left
+    out of the leaderboard and listed in ``sweep.json`` with their failures;
+    every trial's failures are listed, retried ones included, and the
+    attempts that a stopped driver interrupted are counted apart.
     """
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[list[float]]] = {}
+    spent: dict[str, list[list[float]]] = {}
     status = []
+    sessions = [float(r["started"]) for r in read_jsonl(out / SESSIONS_FILE)]
+    resumed_after = sessions[1:]  # a driver session after the first one is a resume
     for trial in trials:
         run_dir = out / trial.dirname
-        failures = [
-            {k: f[k] for k in ("error", "message", "node")}
-            for f in read_jsonl(run_dir / "failures.jsonl")
-        ]
-        attempts = read_jsonl(run_dir / "attempts.jsonl")
-        summary_path = run_dir / "summary.json"
-        finished = summary_path.exists()
-        # An attempt whose process was killed (or whose node was lost) could not
-        # write its failure; a later attempt is the evidence that it failed. (The
-        # last attempt succeeded, is running, or wrote its own failure.)
-        for attempt in attempts[len(failures) : max(len(failures), len(attempts) - 1)]:
-            failures.append(
-                {
-                    "error": "WorkerLost",
-                    "message": "the trial's process died (killed, out of memory or its node "
-                    "lost) and Ray Tune started it again",
-                    "node": attempt["node"],
-                }
-            )
+        failures, interrupted, attempts = _trial_status(run_dir, resumed_after)
+        summary = RunDir(run_dir).summary()
         status.append(
             {
                 "teacher": trial.label,
                 "seed": trial.seed,
                 "run_dir": trial.dirname,
-                "finished": finished,
+                "finished": summary is not None,
                 "attempts": len(attempts),
                 "failures": failures,
+                "interrupted_by_driver": interrupted,
                 "nodes": sorted({a["node"] for a in attempts}),
             }
         )
-        if not finished:
+        if summary is None:
             continue
-        summary = json.loads(summary_path.read_text())
-        rows.append(_episode_row(trial, summary))
-        curves.setdefault(trial.label, []).append(
-            [r["val_accuracy"] for r in read_jsonl(run_dir / "steps.jsonl")]
+        steps = read_jsonl(run_dir / STEPS)
+        row = _episode_row(trial, summary)
+        row["examples_to_target"], row["target_reached"] = examples_to_target(
+            [(float(r["examples_total"]), float(r["val_accuracy"])) for r in steps], target
         )
-    (out / "sweep.json").write_text(json.dumps({"trials": status}, indent=2))
+        rows.append(row)
+        curves.setdefault(trial.label, []).append([r["val_accuracy"] for r in steps])
+        spent.setdefault(trial.label, []).append([float(r["examples_total"]) for r in steps])
+    driver_stops = len(resumed_after)
+    (out / "sweep.json").write_text(
+        json.dumps(
+            {"metric": metric, "target": target, "driver_stops": driver_stops, "trials": status},
+            indent=2,
+        )
+    )
     (out / "episodes.json").write_text(json.dumps(rows, indent=2))
     unfinished = [s for s in status if not s["finished"]]
     if not rows:
         raise RunError(f"no trial of the sweep in {str(out)!r} finished; see sweep.json")
-    board = leaderboard(rows)
+    board = leaderboard(rows, metric)
     # The leader against each other label, seed by seed (same seed = same initial student).
-    paired = paired_differences(rows, board[0]["teacher"])
+    paired = paired_differences(rows, board[0]["teacher"], metric)
     (out / "leaderboard.json").write_text(json.dumps(_strict(board), indent=2))
     (out / "paired.json").write_text(json.dumps(_strict(paired), indent=2))
-    plots.plot_comparison(curves, out / "comparison.png")
+    plots.plot_comparison(curves, out / "comparison.png", examples=spent)
     if console is not None:
-        console.print(leaderboard_table(board))
+        console.print(leaderboard_table(board, metric, target))
         if paired:
-            console.print(paired_table(paired))
+            console.print(paired_table(paired, metric, target))
         failed = sum(len(s["failures"]) for s in status)
+        if driver_stops:
+            console.print(
+                f"the sweep's driver stopped {driver_stops} time(s) and was resumed; "
+                f"{sum(s['interrupted_by_driver'] for s in status)} trial attempt(s) it "
+                f"interrupted went on from their checkpoints",
+                highlight=False,
+            )
         if failed or unfinished:
             console.print(
                 f"[yellow]{failed} trial failure(s), {len(unfinished)} trial(s) unfinished: "
-                f"see {out / 'sweep.json'}[/yellow]"
+                f"see {escape(str(out / 'sweep.json'))}[/yellow]"
             )
-        console.print(f"leaderboard -> {out / 'leaderboard.json'}, paired -> {out / 'paired.json'}")
+        console.print(
+            f"leaderboard -> {escape(str(out / 'leaderboard.json'))}, "
+            f"paired -> {escape(str(out / 'paired.json'))}",
+            highlight=False,
+        )
     return board
 
 
-def leaderboard_table(board: list[dict[str, Any]]) -> Table:
-    table = Table(title="leaderboard (mean ± 95% CI over seeds)")
-    for col in ("teacher", "AULC", "final test acc", "examples", "seeds"):
+_METRIC_TITLES = {
+    "aulc": "AULC",
+    "final_test": "final test accuracy",
+    "examples_to_target": "examples to val accuracy {target:g}",
+}
+
+
+def leaderboard_table(
+    board: list[dict[str, Any]], metric: str = "aulc", target: float = 0.9
+) -> Table:
+    ranked = _METRIC_TITLES[metric].format(target=target)
+    table = Table(title=f"leaderboard, ranked by {ranked} (mean ± 95% CI over seeds)")
+    columns = ["teacher", "AULC", "final test acc"]
+    if metric == "examples_to_target":
+        columns += [f"examples to {target:g}", "reached"]
+    columns += ["examples", "seeds"]
+    for col in columns:
         table.add_column(col, justify="left" if col == "teacher" else "right")
     for r in board:
-        table.add_row(
-            r["teacher"],
+        cells = [
+            escape(r["teacher"]),
             _fmt(r["aulc_mean"], r["aulc_ci95"]),
             _fmt(r["final_test_mean"], r["final_test_ci95"]),
-            f"{r['examples_mean']:.0f}",
-            str(r["seeds"]),
-        )
+        ]
+        if metric == "examples_to_target":
+            cells += [
+                _fmt(r["examples_to_target_mean"], r["examples_to_target_ci95"], digits=0),
+                f"{r['target_reached']}/{r['seeds']}",
+            ]
+        cells += [f"{r['examples_mean']:.0f}", str(r["seeds"])]
+        table.add_row(*cells)
     return table
 
 
-def paired_table(paired: list[dict[str, Any]]) -> Table:
+def paired_table(paired: list[dict[str, Any]], metric: str = "aulc", target: float = 0.9) -> Table:
     leader = paired[0]["reference"]
-    table = Table(title=f"{leader} minus each teacher, paired by seed (mean ± 95% CI)")
-    for col in ("teacher", "Δ AULC", "Δ final test acc", "wins"):
+    ranked = _METRIC_TITLES[metric].format(target=target)
+    table = Table(
+        title=f"{escape(leader)} minus each teacher, paired by seed (mean ± 95% CI); "
+        f"wins by {ranked}"
+    )
+    columns = ["teacher", "Δ AULC", "Δ final test acc"]
+    if metric == "examples_to_target":
+        columns.append(f"Δ examples to {target:g}")
+    columns.append("wins")
+    for col in columns:
         table.add_column(col, justify="left" if col == "teacher" else "right")
     for r in paired:
-        table.add_row(
-            r["teacher"],
+        cells = [
+            escape(r["teacher"]),
             _fmt(r["aulc_diff_mean"], r["aulc_diff_ci95"], signed=True),
             _fmt(r["final_test_diff_mean"], r["final_test_diff_ci95"], signed=True),
-            f"{r['wins']}/{r['seeds']}",
-        )
+        ]
+        if metric == "examples_to_target":
+            cells.append(
+                _fmt(
+                    r["examples_to_target_diff_mean"],
+                    r["examples_to_target_diff_ci95"],
+                    signed=True,
+                    digits=0,
+                )
+            )
+        cells.append(f"{r['wins']}/{r['seeds']}")
+        table.add_row(*cells)
     return table
 
 
-def _fmt(mean: float, ci: float, signed: bool = False) -> str:
-    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return f"{text} ± {ci:.3f}" if not math.isnan(ci) else text
+def _fmt(mean: float, ci: float, signed: bool = False, digits: int = 3) -> str:
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return f"{text} ± {ci:.{digits}f}" if not math.isnan(ci) else text
 
 
 def _strict(obj: Any) -> Any:

@@ -26,6 +26,11 @@ def tiny_llama(
     max_positions: int = 64,
     seed: int = 0,
 ) -> LlamaForCausalLM:
+    if hidden_size % heads:
+        raise ValueError(
+            f"hidden_size ({hidden_size}) must be a multiple of heads ({heads}): each of the "
+            f"{heads} attention heads gets hidden_size / heads dimensions"
+        )
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,

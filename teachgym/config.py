@@ -7,6 +7,8 @@ value fails the same way everywhere, with the key's name in the message.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -31,7 +33,11 @@ __all__ = [
     "dump_config",
     "fingerprint",
     "load_config",
+    "packaged_configs",
     "parse_cli_overrides",
+    "read_yaml",
+    "resolve_config_path",
+    "short",
 ]
 
 ENV_IDS = ("teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0")
@@ -100,6 +106,24 @@ class Decontamination(BaseModel):
     overlap_min_tokens: int = Field(default=12, ge=1)
 
 
+class WandbSettings(BaseModel):
+    """Where a run logs to wandb (``wandb: true`` means these defaults).
+
+    ``mode`` overrides the automatic choice (offline unless an API key is
+    configured, see :func:`teachgym.experiments.tracking.wandb_mode`).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    project: str | None = Field(
+        default=None, description="None: $WANDB_PROJECT, else 'teachgym'", min_length=1
+    )
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    notes: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+
+
 class ExperimentConfig(BaseModel):
     """Everything that defines one episode.
 
@@ -144,7 +168,18 @@ class ExperimentConfig(BaseModel):
         description="the LLM client spec (backend, model, base_url, ...) given to the built-in "
         "`llm` teacher and generator when their own *_kwargs have no `llm`",
     )
-    wandb: bool = False
+    wandb: bool | WandbSettings = Field(
+        default=False,
+        description="log to wandb: true (project teachgym), or a mapping of project, entity, "
+        "tags, notes and mode",
+    )
+
+    @property
+    def wandb_settings(self) -> WandbSettings | None:
+        """The wandb settings of a run that logs to wandb, else ``None``."""
+        if self.wandb is False:
+            return None
+        return WandbSettings() if self.wandb is True else self.wandb
 
     def component_kwargs(self, kind: Literal["task", "generator", "teacher"]) -> dict[str, Any]:
         """``task_kwargs``, ``generator_kwargs`` or ``teacher_kwargs``, with the shared ``llm``
@@ -171,17 +206,82 @@ class ExperimentConfig(BaseModel):
         return self
 
 
-def _coerce(text: str) -> Any:
-    """A command-line value as YAML reads it: ``3`` is an int, ``[a, b]`` a list."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+#: The largest config file read; a bigger one is refused before it is parsed.
+MAX_CONFIG_BYTES = 1 << 20
+#: Characters of a value shown in an error message; the rest is elided.
+VALUE_CHARS = 200
+
+
+def short(value: Any, limit: int = VALUE_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages.
+
+    A config value can be megabytes long (a pasted file, a YAML bomb's
+    expansion); an error line must stay one readable line.
+
+    >>> short("x" * 500, limit=10)
+    "'xxxxxxxxx… (502 chars)"
+    """
+    text = repr(value)
+    if len(text) <= limit:
         return text
+    return f"{text[: limit - 1]}… ({len(text)} chars)"
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases.
+
+    An alias (``*name``) re-uses a node, and nested aliases expand
+    exponentially (a few hundred bytes become gigabytes: the "billion laughs"
+    bomb). A config never needs one, so the first alias is an error.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise yaml.YAMLError(
+                f"YAML aliases are not allowed (*{event.anchor} at line {mark.line + 1}, "
+                f"column {mark.column + 1}); write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text`` without aliases; any problem is one :class:`ConfigError` line."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: what is wrong and where."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"invalid YAML: {err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(err)
+
+
+def _coerce(text: str) -> Any:
+    """A command-line value as YAML reads it: ``3`` is an int, ``[a, b]`` a list.
+
+    Text that is not valid YAML stays a string; an alias is still refused.
+    """
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as err:
+        if "aliases are not allowed" in str(err):
+            raise ConfigError(f"value {short(text)}: {err}") from None
+        return text
+    except RecursionError:
+        raise ConfigError(f"value {short(text)}: YAML nested too deeply") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Set dotted keys (``student_kwargs.lr``) in a nested mapping, returning a copy."""
-    out = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    out = copy.deepcopy(data) if data else {}
     for key, value in overrides.items():
         parts = key.split(".")
         node = out
@@ -190,7 +290,7 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"cannot set {key!r}: {part!r} is not a mapping")
+                raise ConfigError(f"cannot set {short(key)}: {short(part)} is not a mapping")
             node = child
         node[parts[-1]] = value
     return out
@@ -201,8 +301,8 @@ def parse_cli_overrides(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {short(item)} is not of the form key=value")
         out[key.strip()] = _coerce(value)
     return out
 
@@ -222,34 +322,144 @@ def build_config(
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "config"
             if e["type"] == "extra_forbidden":
-                lines.append(f"unknown config key {key!r}")
+                lines.append(f"unknown config key {short(key)}{_suggest(key)}")
             else:
-                lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+                lines.append(f"{key}: {e['msg']} (got {short(e.get('input'))})")
         raise ConfigError("invalid config: " + "; ".join(lines)) from None
+
+
+def _suggest(key: str) -> str:
+    """'; did you mean ...' for a mistyped top-level or nested key, else ''."""
+    head, _, leaf = key.rpartition(".")
+    if head:
+        model: Any = ExperimentConfig
+        for part in head.split("."):
+            field = getattr(model, "model_fields", {}).get(part)
+            if field is None:
+                return ""
+            model = field.annotation
+        names = list(getattr(model, "model_fields", {}))
+    else:
+        names = list(ExperimentConfig.model_fields)
+    close = difflib.get_close_matches(leaf, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+#: Config keys whose relative paths name input files and are read relative to the
+#: config file that sets them (outputs such as cache directories stay relative to
+#: the working directory).
+PATH_KEYS = (
+    ("task_kwargs", "path"),
+    ("generator_kwargs", "prompt_file"),
+    ("teacher_kwargs", "prompt_file"),
+)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative input paths of ``data`` made absolute against ``base``."""
+    for section, key in PATH_KEYS:
+        block = data.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str):
+            value = Path(block[key]).expanduser()
+            if not value.is_absolute():
+                block[key] = str((base / value).resolve())
+    return data
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file, with its input paths made absolute.
+
+    Everything that can be wrong with the file (missing, a directory, too
+    big, not UTF-8, invalid YAML, an alias, not a mapping) is one
+    :class:`ConfigError` line.
+    """
+    path = Path(path)
+    where = f"config file {short(str(path))}"
+    if path.is_dir():
+        raise ConfigError(f"{where} is a directory, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{where} does not exist")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where} is {size:,} bytes; configs are limited to 1 MiB")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{where} cannot be read: {err.strerror}") from None
+    data = read_yaml(text, where) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping, not {type(data).__name__}")
+    return _resolve_paths(data, path.resolve().parent)
 
 
 def load_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> ExperimentConfig:
-    """Read a YAML config (or the packaged default) and apply overrides."""
-    if path is None:
-        path = default_config_path()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {str(path)!r} must hold a mapping, not {type(data).__name__}"
-        )
+    """Read a YAML config (a path, a packaged config's name, or the default) and apply
+    overrides. Relative input paths in the file are read relative to the file, those
+    in ``overrides`` relative to the working directory."""
+    data = read_config_file(resolve_config_path(path))
+    overrides = dict(overrides or {})
+    for section, key in PATH_KEYS:
+        dotted = f"{section}.{key}"
+        if isinstance(overrides.get(dotted), str):
+            overrides[dotted] = str(Path(overrides[dotted]).expanduser().resolve())
     return build_config(data, overrides)
 
 
 def default_config_path() -> Path:
     """The packaged default experiment, usable from any directory."""
+    return _configs_dir() / "default.yaml"
+
+
+def _configs_dir() -> Path:
     from importlib.resources import files
 
-    return Path(str(files("teachgym.experiments") / "configs" / "default.yaml"))
+    return Path(str(files("teachgym.experiments") / "configs"))
+
+
+def packaged_configs() -> dict[str, str]:
+    """Packaged config names (``teachgym run smoke``) and the first line of their comment."""
+    out: dict[str, str] = {}
+    for path in sorted(_configs_dir().glob("*.yaml")):
+        words: list[str] = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#") or not line.strip("# "):
+                break
+            words += line.strip("# ").split()
+        text = " ".join(words)
+        end = text.find(". ")
+        text = text[: end + 1] if end >= 0 else text
+        if len(text) > 100:
+            text = text[:100].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
+        out[path.stem] = text
+    return out
+
+
+def resolve_config_path(name: str | Path | None) -> Path:
+    """A config argument as a file: an existing path, else a packaged config's name.
+
+    ``None`` is the packaged default. A name that is neither is one error line
+    listing the packaged configs and the nearest one.
+    """
+    if name is None:
+        return default_config_path()
+    path = Path(name)
+    if path.exists():
+        return path
+    text = str(name)
+    stem = text[:-5] if text.endswith(".yaml") else text
+    if "/" not in stem and (_configs_dir() / f"{stem}.yaml").is_file():
+        return _configs_dir() / f"{stem}.yaml"
+    names = list(packaged_configs())
+    close = difflib.get_close_matches(stem, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"config {short(text)} does not exist: it is neither a file nor a packaged config "
+        f"({', '.join(names)}){hint}"
+    )
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -53,6 +53,12 @@ class Generator(Protocol):
     but a free-text plan is read only by the generator, so only the generator
     can bound it. (Examples past the cap would be dropped by the env as
     ``over_budget`` anyway; the rule is about not making them.)
+
+    A generator may also name ``shortfall_reasons``: the reasons it uses for
+    examples it was asked for and could not make (``space_exhausted``), as
+    opposed to examples it made and threw away. The env asks again for a
+    count plan's missing examples, and counts a shortfall from the last round
+    only (see :class:`~teachgym.envs.base.StepData`).
     """
 
     name: str

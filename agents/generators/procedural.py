@@ -140,6 +140,9 @@ class ProceduralGenerator:
     """
 
     name = "procedural"
+    #: Reasons that count examples this generator could not make (not made-and-dropped
+    #: ones): the env asks again for them, so it counts them from the last round only.
+    shortfall_reasons = frozenset({"space_exhausted", "no_procedure"})
 
     def __init__(self, task: object, seed: int = 0) -> None:
         if not hasattr(task, "sample"):

@@ -51,6 +51,7 @@ class GeneratorWorker:
             "node": ray.get_runtime_context().get_node_id(),
             "name": getattr(self.generator, "name", type(self.generator).__name__),
             "has_take_stats": callable(getattr(self.generator, "take_stats", None)),
+            "shortfall_reasons": sorted(getattr(self.generator, "shortfall_reasons", ())),
         }
 
     def take_stats(self) -> dict[str, Any] | None:
@@ -76,6 +77,7 @@ class GeneratorProxy:
         self.actor = actor
         self.worker_info = ray.get(actor.ready.remote())
         self.name = str(self.worker_info["name"])
+        self.shortfall_reasons = frozenset(self.worker_info.get("shortfall_reasons", ()))
         if self.worker_info.get("has_take_stats"):
             # Only then: the env looks for ``take_stats`` to decide whether to report stats.
             self.take_stats = self._take_stats

@@ -36,9 +36,10 @@ class _Counts:
     retried: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    last_failure: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "requests": self.requests,
             "cached": self.cached,
             "ok": self.ok,
@@ -47,6 +48,9 @@ class _Counts:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+        if self.last_failure is not None:
+            out["last_failure"] = self.last_failure
+        return out
 
 
 class _Backoff:
@@ -130,8 +134,15 @@ class LLMClient:
         jobs = [self._one(r, s, semaphore) for r, s in zip(requests, schemas, strict=True)]
         return list(await asyncio.gather(*jobs))
 
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, for messages: the server URL, else the backend and model."""
+        url = getattr(self.backend, "base_url", None)
+        return str(url) if url else f"{type(self.backend).__name__}({self.backend.model})"
+
     def stats(self) -> dict[str, Any]:
-        """Totals since the client was made."""
+        """Totals since the client was made (``last_failure``: the newest failed
+        request's error and where it was sent, present once one failed)."""
         with self._lock:
             return self._total.as_dict()
 
@@ -172,6 +183,7 @@ class LLMClient:
                     counts.ok += 1
                 else:
                     counts.failed[str(reply.error)] += 1
+                    counts.last_failure = f"{reply.detail or reply.error} ({self.endpoint})"
 
     async def _one(
         self,
@@ -229,7 +241,7 @@ class LLMClient:
                     spent[1] += raw.completion_tokens
                     parsed = self._check(request, raw)
         except LLMCallError as err:
-            reply = LLMReply(error=err.reason, attempts=attempts)
+            reply = LLMReply(error=err.reason, detail=str(err)[:300], attempts=attempts)
         else:
             reply = LLMReply(text=raw.text, parsed=parsed, attempts=attempts)
             if key is not None and self.cache is not None:

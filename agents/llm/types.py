@@ -66,6 +66,7 @@ class LLMReply:
     text: str | None = None
     parsed: BaseModel | None = None
     error: str | None = None  # one of FAILURE_REASONS when the request failed
+    detail: str | None = None  # the last attempt's error message, when the request failed
     attempts: int = 0
     cached: bool = False
     prompt_tokens: int = 0

@@ -38,7 +38,18 @@ class ByEnv:
     def resolve(self, env: Any) -> type:
         # Another env (a stand-in, a user's own) gets the SkillList class, as
         # before these names were shared; that class checks what it needs.
-        kind = env_kind(env) or "skill_list"
+        return self._class(env_kind(env) or "skill_list")
+
+    def env_ids(self) -> list[str]:
+        """The envs this name acts on."""
+        return [_ENV_IDS[k] for k in self.classes]
+
+    def class_for(self, env_id: str) -> type:
+        """The class built for the env registered as ``env_id`` (checks before building)."""
+        kinds = {v: k for k, v in _ENV_IDS.items()}
+        return self._class(kinds.get(env_id, "skill_list"))
+
+    def _class(self, kind: EnvKind) -> type:
         target = self.classes.get(kind)
         if target is None:
             from teachgym import registry
