@@ -41,10 +41,10 @@ from typing import Any
 import torch
 
 from teachgym import registry
-from teachgym.agents.llm.serve import quiet_vllm
 from teachgym.config import load_config
 from teachgym.runtime import cpu_name, default_threads, set_torch_threads
 from teachgym.types import Problem
+from teachgym.vllm_support import quiet_vllm
 
 #: Defaults per model: the tiny student decodes the whole default validation
 #: split; SmolLM2 (135M parameters) a spread-out subset, so a run takes minutes.

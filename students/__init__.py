@@ -1,5 +1,13 @@
 """Students: models the teacher trains. See :class:`Student`.
 
+Modules: ``base`` (the protocol), ``hf`` (:class:`HFStudent`, any
+``transformers`` causal LM, composed of ``encoding``, ``training``,
+``decoding``, ``checkpoints`` and ``eval_sync``; its option checks in
+``options``), ``vllm_eval`` (the vLLM evaluation engine), ``tiny`` and
+``smollm2`` (presets), ``tokenizer`` (the offline character tokenizer) and
+``remote`` (a student in a Ray actor). The students package imports nothing
+from ``teachgym.agents`` or ``teachgym.experiments``.
+
 Only the protocol is imported eagerly: the model code pulls in torch and
 transformers (seconds), which a driver process, a teacher or a statistics
 script should not pay for. ``from teachgym.students import HFStudent`` still

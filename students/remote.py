@@ -19,12 +19,18 @@ would decode and the predictions equal one worker's.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from teachgym import registry
+from teachgym.config import build_config
+from teachgym.runtime import seed_everything, set_torch_threads
 from teachgym.types import Example, Problem
 
 __all__ = ["StudentProxy", "StudentWorker", "pack_dir", "unpack_dir"]
@@ -60,10 +66,6 @@ class StudentWorker:
     """
 
     def __init__(self, config: dict[str, Any], threads: int) -> None:
-        from teachgym import registry
-        from teachgym.config import build_config
-        from teachgym.runtime import seed_everything, set_torch_threads
-
         cfg = build_config(config)
         set_torch_threads(threads)
         seed_everything(cfg.seed)  # as the local runner does before building
@@ -76,8 +78,6 @@ class StudentWorker:
 
     def ready(self) -> dict[str, Any]:
         """Where the worker runs and what evaluation batches it decodes in."""
-        import os
-
         import ray
 
         return {
@@ -96,6 +96,8 @@ class StudentWorker:
     def predict_scored(self, problems: Sequence[Problem]) -> tuple[list[str], list[bool]]:
         """Completions and their scores, both made here: scoring (a sandbox per program for
         the ``code`` task) runs on the evaluation workers' CPUs, not the driver's."""
+        # Local: teachgym.envs imports the students package (the Student protocol), so a
+        # module-level import here would make the two packages import each other.
         from teachgym.envs.evaluation import score_outputs
 
         outputs = self.predict(problems)
@@ -103,16 +105,12 @@ class StudentWorker:
 
     def save_bytes(self) -> bytes:
         """The student's checkpoint, plus this process's torch RNG state, as bytes."""
-        import torch
-
         with tempfile.TemporaryDirectory() as tmp:
             self.student.save(Path(tmp))
             torch.save(torch.get_rng_state(), Path(tmp) / _TORCH_RNG)
             return pack_dir(Path(tmp))
 
     def load_bytes(self, data: bytes) -> None:
-        import torch
-
         with tempfile.TemporaryDirectory() as tmp:
             unpack_dir(data, Path(tmp))
             self.student.load(Path(tmp))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from teachgym.runtime import cache_root
 from teachgym.students.hf import HFStudent, hf_student_from_pretrained
@@ -140,8 +141,6 @@ def _convert(source: Path, out: Path) -> float:
     from the config without it, holding the same tensors, saves as an
     ordinary checkpoint.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)

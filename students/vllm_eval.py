@@ -46,8 +46,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from teachgym.agents.llm.serve import quiet_vllm
 from teachgym.runtime import cuda_available
+from teachgym.vllm_support import quiet_vllm
 
 #: Files of a peft adapter directory that determine its weights (what a fingerprint reads).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")

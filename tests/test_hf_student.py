@@ -99,10 +99,15 @@ def _tensor_bytes_outside_model(student: HFStudent) -> int:
         elif isinstance(obj, (list, tuple)):
             for v in obj:
                 walk(v)
+        elif type(obj).__module__.startswith("teachgym.students"):  # a part of the student
+            walk_attributes(obj)
 
-    for name, value in vars(student).items():
-        if name not in ("model", "_params", "_opt"):  # the model's own parameters
-            walk(value)
+    def walk_attributes(obj: Any) -> None:
+        for name, value in vars(obj).items():
+            if name not in ("model", "params", "opt"):  # the model's own parameters
+                walk(value)
+
+    walk_attributes(student)
     return total
 
 
@@ -126,18 +131,18 @@ def test_lora_reset_reinitialises_the_adapter_without_a_base_copy(pretrained):
     problems = TASK.problems("val")
     untrained = student.predict(problems)
     data = _examples(32)
-    batch = student.batch_tensors(student._encode_examples(data), packed=False)
+    batch = student.batch_tensors(student.codec.encode_examples(data), packed=False)
 
     def loss() -> float:
         with torch.no_grad():
-            return float(student._loss(batch))
+            return float(student.trainer.loss(batch))
 
     loss_untrained = loss()
     student.train(data)
     assert loss() < loss_untrained
     student.reset()
     assert _same(fresh, _params(student, lora=True))  # seeded: the construction-time adapter
-    assert student._opt is None and student._opt_steps == 0
+    assert student.trainer.opt is None and student.trainer.opt_steps == 0
     assert loss() == loss_untrained
     assert student.predict(problems) == untrained
     # Seeded: the same seed draws the same adapter, another seed another one.
@@ -200,7 +205,7 @@ def test_truncations_are_counted_never_silent(pretrained):
     assert metrics["truncated_prompts"] == want_prompts
     assert metrics["truncated_completions"] == want_comps
     # What survives: the prompt's last tokens, the completion's first ones (no eos when cut).
-    ids, start = student._encode_examples(examples[:1])[0]
+    ids, start = student.codec.encode_examples(examples[:1])[0]
     e = examples[0]
     encode = student.tokenizer.convert_tokens_to_ids
     assert ids[:start] == encode(list(e.prompt[-4:]))
@@ -219,7 +224,7 @@ def test_chat_template_wraps_prompts_and_labels_only_the_answer(pretrained):
     tok = student.tokenizer
     user, assistant = tok.convert_tokens_to_ids(["<|user|>", "<|assistant|>"])
     examples = _examples(6)
-    encoded = student._encode_examples(examples)
+    encoded = student.codec.encode_examples(examples)
     batch = student.batch_tensors(encoded, packed=False)
     for row, (ids, start), example in zip(batch["labels"].tolist(), encoded, examples, strict=True):
         answer = tok.convert_tokens_to_ids(list(example.completion))
@@ -230,9 +235,10 @@ def test_chat_template_wraps_prompts_and_labels_only_the_answer(pretrained):
         assert all(label == -100 for label in row[len(ids) :])
     # Decoding sees the same prompt as training.
     problem = TASK.problems("val")[0]
-    assert student._prompt_texts([problem.prompt]) == [f"<|user|>{problem.prompt}<|assistant|>"]
+    rendered = student.codec.prompt_texts([problem.prompt])
+    assert rendered == [f"<|user|>{problem.prompt}<|assistant|>"]
     plain = _student(pretrained, chat_template=False)
-    ids, start = plain._encode_examples(examples[:1])[0]
+    ids, start = plain.codec.encode_examples(examples[:1])[0]
     assert user not in ids and assistant not in ids
     with pytest.raises(ValueError, match="no chat template"):
         HFStudent(tiny_llama(32), build_char_tokenizer(TASK.alphabet), chat_template=True)
@@ -243,12 +249,12 @@ def test_gradient_accumulation_equals_one_full_batch(pretrained, lora):
     full = _student(pretrained, lora=lora, batch_size=8, packing=False)
     half = _student(pretrained, lora=lora, batch_size=8, packing=False, grad_accum_steps=2)
     # Answers of different lengths, so the two halves hold different token counts.
-    batch = full._encode_examples(_examples(8, seed=3))
+    batch = full.codec.encode_examples(_examples(8, seed=3))
     assert sum(len(i) - s for i, s in batch[:4]) != sum(len(i) - s for i, s in batch[4:])
     for student in (full, half):
         student.model.train()
         student.model.zero_grad(set_to_none=True)
-    loss_full, loss_half = full._backward(batch), half._backward(batch)
+    loss_full, loss_half = full.trainer.backward(batch), half.trainer.backward(batch)
     assert loss_half == pytest.approx(loss_full, rel=1e-5)
     grads_full = {n: p.grad for n, p in full.model.named_parameters() if p.requires_grad}
     grads_half = {n: p.grad for n, p in half.model.named_parameters() if p.requires_grad}
@@ -400,13 +406,13 @@ def test_smollm2_lora_learns_arithmetic(tmp_path_factory):
     n_adapter = sum(p.numel() for p in student.model.parameters() if p.requires_grad)
     assert 0 < n_adapter < 0.01 * sum(p.numel() for p in student.model.parameters())
     data = _examples(8, seed=0)
-    encoded = student._encode_examples(data)
+    encoded = student.codec.encode_examples(data)
     student.model.eval()
     with torch.no_grad():
-        before = float(student._loss(student.batch_tensors(encoded, packed=False)))
+        before = float(student.trainer.loss(student.batch_tensors(encoded, packed=False)))
     losses = [student.train(data)["loss"] for _ in range(4)]
     with torch.no_grad():
-        after = float(student._loss(student.batch_tensors(encoded, packed=False)))
+        after = float(student.trainer.loss(student.batch_tensors(encoded, packed=False)))
     print(f"smollm2 LoRA loss before {before:.3f}, train {losses}, after {after:.3f}")
     assert after < 0.7 * before
     problem = Problem(id="p", skill=data[0].skill, prompt=data[0].prompt, answer=data[0].completion)

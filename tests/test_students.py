@@ -46,7 +46,7 @@ def test_protocol_and_same_seed_same_weights_and_predictions():
 def test_labels_put_the_loss_on_completion_tokens_only(packed):
     student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
     examples = _examples(6)
-    encoded = student._encode_examples(examples)
+    encoded = student.codec.encode_examples(examples)
     batch = student.batch_tensors(encoded, packed=packed)
     ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
     eos = student.tokenizer.eos_token_id
@@ -73,7 +73,7 @@ def test_labels_put_the_loss_on_completion_tokens_only(packed):
 
 def test_packed_rows_see_only_their_own_example():
     student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
-    encoded = student._encode_examples(_examples(6))
+    encoded = student.codec.encode_examples(_examples(6))
     batch = student.batch_tensors(encoded, packed=True)
     mask = batch["attention_mask"][0, 0]  # row 0: additive mask, 0 = may attend
     first, second = len(encoded[0][0]), len(encoded[1][0])
@@ -84,8 +84,8 @@ def test_packed_rows_see_only_their_own_example():
     # The loss of a packed batch is the loss of the same examples padded one per row.
     student.model.eval()
     with torch.no_grad():
-        padded = student._loss(student.batch_tensors(encoded, packed=False))
-        packed = student._loss(batch)
+        padded = student.trainer.loss(student.batch_tensors(encoded, packed=False))
+        packed = student.trainer.loss(batch)
     assert float(packed) == pytest.approx(float(padded), rel=1e-5)
 
 
@@ -104,13 +104,13 @@ def test_the_learning_rate_cools_down_to_zero_over_the_horizon():
     student = make_tiny_student(TASK.alphabet, seed=0, warmup_steps=2, cooldown=0.5, **SMALL)
     student.set_horizon(64)  # 4 steps of 16
     rates = []
-    original = student._lr_at
+    original = student.trainer.lr_at
 
     def spy(step, progress=None):
         rates.append(original(step, progress))
         return rates[-1]
 
-    student._lr_at = spy
+    student.trainer.lr_at = spy
     student.train(_examples(32))
     student.train(_examples(32, seed=1))
     peak = original(3)  # what the rate would be without a horizon

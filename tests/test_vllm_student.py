@@ -178,30 +178,30 @@ def test_the_engine_sleeps_around_training_even_when_it_fails(
     student.predict(PROBLEMS)
     ev = student.evaluator
     ev.events.clear()
-    backward = student._backward
+    backward = student.trainer.backward
 
     def recording_backward(batch: Any) -> float:
         assert ev.asleep, "a training step while the engine is awake"
         ev.events.append(("step", None))
         return backward(batch)
 
-    student._backward = recording_backward  # type: ignore[method-assign]
+    student.trainer.backward = recording_backward  # type: ignore[method-assign]
     student.train(_examples(8))
     assert [e for e, _ in ev.events] == ["before_train", "step", "step", "after_train"]
 
     def failing_backward(batch: Any) -> float:
         raise RuntimeError("out of memory")
 
-    student._backward = failing_backward  # type: ignore[method-assign]
+    student.trainer.backward = failing_backward  # type: ignore[method-assign]
     ev.events.clear()
     with pytest.raises(RuntimeError, match="out of memory"):
         student.train(_examples(4))
     assert [e for e, _ in ev.events] == ["before_train", "after_train"]
     assert not ev.asleep
-    del student._backward
+    del student.trainer.backward
     student.predict(PROBLEMS)  # weights may have moved: a new adapter is served
-    assert ev.events[-1] == ("predict", student._eval_adapter)
-    assert student._eval_adapter is not None and student._eval_adapter.name == "step_2"
+    assert ev.events[-1] == ("predict", student.eval_sync.adapter)
+    assert student.eval_sync.adapter is not None and student.eval_sync.adapter.name == "step_2"
     student.close()
 
 

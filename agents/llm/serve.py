@@ -50,6 +50,11 @@ from typing import Any, Literal
 
 from teachgym.runtime import cuda_available
 
+# The privacy switches live in the core (students use them too); re-exported from here.
+from teachgym.vllm_support import NO_USAGE_STATS as NO_USAGE_STATS
+from teachgym.vllm_support import QUIET_ENV
+from teachgym.vllm_support import quiet_vllm as quiet_vllm
+
 Method = Literal["cli", "module"]
 
 #: Makes ``importlib.metadata.version("vllm")`` answer from the
@@ -90,22 +95,6 @@ from vllm.entrypoints.cli.main import main
 sys.exit(main())
 """
 )
-
-#: vLLM posts usage statistics to a remote server unless one of these is set.
-NO_USAGE_STATS = {"VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}
-#: Environment every server gets unless the caller sets the variable: no usage
-#: statistics sent anywhere, no hub lookups (the model is a local path).
-QUIET_ENV = {**NO_USAGE_STATS, "HF_HUB_OFFLINE": "1"}
-
-
-def quiet_vllm(*, offline: bool) -> None:
-    """Set, in this process and before vLLM is imported, what :data:`QUIET_ENV` sets for a
-    server: never usage statistics, and with ``offline`` no hub lookups either (an
-    in-process engine may be given a hub id, so that part is the caller's choice).
-    A variable the user set already is left as it is."""
-    for key, value in (QUIET_ENV if offline else NO_USAGE_STATS).items():
-        os.environ.setdefault(key, value)
-
 
 LOOPBACK = "127.0.0.1"
 

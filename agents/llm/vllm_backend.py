@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from teachgym.agents.llm.serve import quiet_vllm
 from teachgym.agents.llm.types import LLMCallError, RawReply, Sampling
 from teachgym.runtime import cuda_available
+from teachgym.vllm_support import quiet_vllm
 
 
 def sampling_kwargs(sampling: Sampling, schema: dict[str, Any] | None) -> dict[str, Any]:
