@@ -4,22 +4,47 @@ A row is ``{"task_id", "prompt", "entry_point", "test", "canonical_solution"}``
 (the HumanEval format): the prompt is a Python function's signature and
 docstring (after any imports and helpers it needs), the canonical solution is
 the function's body, and ``test`` defines ``check(candidate)``, a function of
-``assert`` statements. An output passes when
+``assert`` statements.
 
-    prompt + completion + "\\n" + test + "\\ncheck(<entry_point>)\\n"
+Judging happens outside the completion's interpreter, because a program that
+runs the tests next to the completion can be made to pass by the completion:
+it can read a pass marker from its own source or frames and print it, print
+it from an ``atexit`` hook and ``os._exit(0)``, set a trace function that
+jumps over ``check(...)``, or return an object equal to everything. So each
+output is judged by two programs, each in its own sandbox of
+:mod:`teachgym.sandbox` (own PID, mount and network namespaces, own user id
+as root, own cgroup), joined only by two pipes (:meth:`Sandbox.run_pair`):
 
-exits with status 0 within ``timeout_s`` (and prints a random marker after
-``check`` returned, so a completion cannot pass by exiting early), run as
-``python3 -I`` in the OS sandbox of :mod:`teachgym.sandbox` (a completion is
-untrusted code: a model's guess can loop, allocate without end or delete
-files as easily as it can be right). A split is scored in one batch, all programs at once in a
-:class:`~teachgym.sandbox.SandboxPool`.
+- the candidate's process defines the function from ``prompt`` and the
+  completion (:func:`candidate_program`), then answers each call it is sent
+  with plain data: the return value, the final state of the list, dict, set
+  or bytearray arguments, or the name and message of the exception raised.
+  Plain data is ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``,
+  ``bytes``, ``bytearray``, ``list``, ``tuple``, ``dict``, ``set`` and
+  ``frozenset``, nested at most 100 deep, and exactly those types (a
+  subclass is not plain), encoded as tagged JSON so that a tuple stays a
+  tuple and ``True`` stays ``True``; anything else is answered ``bad``.
+- the tests' process runs the prompt (for the helpers the tests use), the
+  tests and ``check`` on a stand-in for the function, which sends each call's
+  arguments and rebuilds the answer from the data alone: the value, the
+  argument mutations, or a built-in exception of that name (another
+  exception becomes a ``CandidateError``), raised in the tests as if the
+  function had raised it. A ``bad`` answer, a malformed one, one over 16 MiB
+  or none at all raises an exception the tests' ``except Exception`` cannot
+  catch, and fails the run whatever the tests do with it.
 
-The tests run in the same interpreter as the completion, so a completion
-written to game them (returning an object whose ``__eq__`` is always true)
-can still pass; the marker only closes the cheap exits.
+An output passes when the tests' process exits 0 within ``timeout_s`` and its
+last line of output is a random marker it prints after ``check`` returned.
+No code of the completion ever runs in that process: all a completion can
+decide is the plain values its function answers with, which is what the
+tests are there to judge. (It is record and replay with the replay done
+live: the tests' process records each call and replays the candidate's
+answer, in the same run.) Arguments a test passes must be plain data too.
+A split is judged in one batch, all pairs at once in a
+:class:`~teachgym.sandbox.SandboxPool`; :func:`build_program` is HumanEval's
+own one-program harness, kept as the baseline of ``benchmarks/code_scoring.py``.
 
-Completions are read leniently (:func:`build_program`): a model that wraps
+Completions are read leniently (:func:`candidate_program`): a model that wraps
 its code in a Markdown fence or writes the whole function again, signature
 included, is scored on its code, not on its formatting. Generated training
 examples are held to the task's own format, strictly (:meth:`CodeTask.verify`).
