@@ -779,7 +779,8 @@ def _ancestors(path: str) -> list[str]:
     return [str(Path("/", *parts[: i + 1])) for i in range(len(parts))]
 
 
-def _system_args() -> list[str]:
+@functools.cache
+def _system_args() -> tuple[str, ...]:
     """bwrap arguments for the read-only system directories and the loader files of /etc."""
     args: list[str] = []
     for name in _SYSTEM:
@@ -791,10 +792,11 @@ def _system_args() -> list[str]:
     args += ["--perms", "0755", "--dir", "/etc"]
     for name in _ETC:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    return args
+    return tuple(args)
 
 
-def _interpreter_args(python: str) -> list[str]:
+@functools.cache
+def _interpreter_args(python: str) -> tuple[str, ...]:
     """bwrap arguments for the read-only interpreter binds (after the private /tmp).
 
     Coming after ``--tmpfs /tmp``, a virtual environment under ``/tmp`` is
@@ -822,7 +824,7 @@ def _interpreter_args(python: str) -> list[str]:
                 made.add(parent)
                 args += ["--perms", "0755", "--dir", parent]
         args += ["--ro-bind", root, root]
-    return args
+    return tuple(args)
 
 
 def _world_usable(python: str) -> bool:
