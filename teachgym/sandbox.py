@@ -1245,7 +1245,11 @@ class _Run:
         """Wait until the run's own end or ``timeout_s`` (from its start), then clean up."""
         if self._done is None:
             left = timeout_s - (time.monotonic() - self.start)
-            timed_out = self.proc is not None and not self.wait(left)
+            try:
+                timed_out = self.proc is not None and not self.wait(left)
+            except BaseException:  # interrupted while waiting: leave nothing running
+                self.kill()
+                raise
             self._done = self._finish(timed_out)
         return self._done
 
@@ -1493,9 +1497,11 @@ class Sandbox:
                 os.close(fd)
             if client_run is None and server_run is not None:
                 server_run.kill()
+        assert server_run is not None and client_run is not None
         try:
             client_result = client_run.result(timeout_s)
         finally:
+            client_run.kill()  # a no-op once it has a result
             server_result = server_run.kill()
         return server_result, client_result
 
