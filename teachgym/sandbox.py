@@ -626,6 +626,22 @@ def _cgroup_candidates(
     return found
 
 
+def _remove_stale(root: _CgroupRoot) -> None:
+    """Remove the empty run cgroups that a process which no longer exists left behind
+    (killed mid-run); only old ones, since another PID namespace's runs share the parent."""
+    for parent in root.parents:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(parent):
+                m = re.fullmatch(r"teachgym-(\d+)-[0-9a-f]{12}", entry.name)
+                if (
+                    m
+                    and not os.path.exists(f"/proc/{m.group(1)}")
+                    and time.time() - entry.stat().st_mtime > 60  # not one being set up
+                ):
+                    with contextlib.suppress(OSError):  # not empty: leave it
+                        os.rmdir(entry.path)
+
+
 @functools.cache
 def _cgroup_root() -> tuple[_CgroupRoot | None, str]:
     """Where this process makes run cgroups, and a line saying so (or why none)."""
@@ -649,6 +665,7 @@ def _cgroup_root() -> tuple[_CgroupRoot | None, str]:
         if (problem := trial.remove()) is not None:
             tried.append(problem)
             continue
+        _remove_stale(candidate)
         return candidate, f"a cgroup {candidate.kind} per run under {', '.join(candidate.parents)}"
     why = "; ".join(tried) if tried else "no memory and pids controllers we may use"
     return None, f"no cgroup ({why})"
