@@ -717,6 +717,8 @@ class CodeTask(DatasetTask):
                 workers, limits=Limits(memory_bytes=memory_mb << 20), unsafe=unsafe
             )
         except SandboxUnavailable as e:
+            if unsafe:  # refused even so (it would have run as root): the reason as it is
+                raise SandboxUnavailable(f"the code task cannot run: {e}") from None
             raise SandboxUnavailable(
                 "the code task runs model-written code and needs OS isolation (bubblewrap), "
                 "which is not available here. Pass unsafe=True to the task (config: "
