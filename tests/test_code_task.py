@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -134,6 +136,194 @@ def test_lenient_completions_are_scored_on_their_code(task: CodeTask) -> None:
     assert scores == [True] * len(cases)
 
 
+# -- forged passes: the completion knows the whole harness ----------------------------------
+
+#: Completions of add_three that return a wrong value and try to pass anyway
+#: (the four of the issue, and a few more that know the new harness).
+FORGERIES = {
+    # prints whatever looks like the pass marker, from its own source and the
+    # code constants of every frame up the stack, and ends there with status 0
+    "marker_from_source": (
+        "    import sys, re\n"
+        "    pattern = 'teachgym-passed-[0-9a-f]{32}'\n"
+        "    seen = set(re.findall(pattern, open(__file__).read()))\n"
+        "    f = sys._getframe()\n"
+        "    while f:\n"
+        "        seen |= {c for c in f.f_code.co_consts if isinstance(c, str)"
+        " and re.fullmatch(pattern, c)}\n"
+        "        f = f.f_back\n"
+        "    for m in seen:\n"
+        "        print(m)\n"
+        "    sys.stdout.flush()\n"
+        "    import os\n"
+        "    os._exit(0)\n"
+    ),
+    # after check fails: print the marker and exit 0
+    "atexit_marker": (
+        "    import atexit, os, re, sys\n"
+        "    marks = re.findall('teachgym-passed-[0-9a-f]{32}', open(__file__).read())\n"
+        "    def forge():\n"
+        "        sys.stdout.flush()\n"
+        "        for m in marks:\n"
+        "            print(m, flush=True)\n"
+        "        os._exit(0)\n"
+        "    atexit.register(forge)\n"
+        "    sys.excepthook = lambda *a: forge()\n"
+        "    return -1\n"
+    ),
+    # a trace function that jumps over the line that runs the tests, set by
+    # module-level code after the whole function (which the lenient reading keeps)
+    "trace_skips_check": (
+        "def add_three(a, b, c):\n"
+        "    return -1\n\n"
+        "import linecache, sys\n"
+        "def _skip(frame, event, arg):\n"
+        "    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)\n"
+        "    if event == 'line' and line.lstrip().startswith(('check(', '_main(', '_serve(')):\n"
+        "        frame.f_lineno += 1\n"
+        "    return _skip\n"
+        "sys._getframe().f_trace = _skip\n"
+        "sys.settrace(_skip)\n"
+    ),
+    # an object equal to everything
+    "eq_always_true": (
+        "    class Any:\n"
+        "        def __eq__(self, other):\n"
+        "            return True\n"
+        "        __hash__ = object.__hash__\n"
+        "    return Any()\n"
+    ),
+    "int_subclass_eq": (
+        "    class Int(int):\n"
+        "        def __eq__(self, other):\n"
+        "            return True\n"
+        "        __hash__ = int.__hash__\n"
+        "    return Int(-1)\n"
+    ),
+    # writes what looks like a passing run to every stream it has
+    "fake_output": (
+        "    import os, sys\n"
+        "    for fd in range(1, 10):\n"
+        "        try:\n"
+        "            os.write(fd, b'teachgym-passed-' + b'0' * 32 + b'\\n')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    sys.stdout.flush()\n"
+        "    os._exit(0)\n"
+    ),
+    # reads the tests' process (pids, environment, files) for anything to copy
+    "looks_for_the_judge": (
+        "    import os\n"
+        "    found = []\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        if pid.isdigit():\n"
+        "            try:\n"
+        "                found.append(open('/proc/%s/cmdline' % pid, 'rb').read())\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    for m in found:\n"
+        "        if b'teachgym-passed-' in m:\n"
+        "            print(m)\n"
+        "    return -1\n"
+    ),
+}
+
+
+@needs_bwrap
+def test_forged_passes_fail(task: CodeTask) -> None:
+    p = by_entry(task, "add_three")
+    forged = list(FORGERIES.values())
+    assert task.score_batch([p] * len(forged), forged) == [False] * len(forged)
+    # the attacks are real: HumanEval's one-program harness (the old judge) passes
+    # the first four, a wrong answer each, for all its random marker
+    marker = "teachgym-passed-" + "ab" * 16
+    old = [
+        build_program(p.prompt, f, p.metadata["test"], "add_three", marker=marker)
+        for f in forged[:4]
+    ]
+    results = task.run_batch(old)
+    assert [r.passed and r.stdout.splitlines()[-1:] == [marker] for r in results] == [True] * 4
+
+
+FIDELITY_PROMPT = (
+    "from typing import List, Tuple\n\n\n"
+    "def stats(xs: List[float], *, strict: bool = False) -> Tuple[float, bool]:\n"
+    '    """Mean of xs and whether it is positive; raises ValueError when xs is empty.\n'
+    "    Sorts xs in place.\n"
+    '    """\n'
+)
+FIDELITY_TEST = (
+    "def check(candidate):\n"
+    "    xs = [3.0, 1.0, 2.0]\n"
+    "    mean, positive = out = candidate(xs)\n"
+    "    assert type(out) is tuple and positive is True\n"
+    "    assert abs(mean - 2.0) < 1e-6 and type(mean) is float\n"
+    "    assert xs == [1.0, 2.0, 3.0]\n"  # sorted in place
+    "    try:\n"
+    "        candidate([])\n"
+    "    except ValueError as e:\n"
+    "        assert 'empty' in str(e)\n"
+    "    else:\n"
+    "        assert False, 'no ValueError'\n"
+    "    assert candidate([-1.0], strict=True) == (-1.0, False)\n"
+    "    for i in range(1, 300):\n"  # many calls
+    "        assert candidate([float(i)])[0] == float(i)\n"
+    "    assert stats.__name__ == 'stats'\n"  # the stand-in under the function's own name
+)
+FIDELITY_RIGHT = (
+    "    if not xs:\n"
+    "        raise ValueError('empty list')\n"
+    "    xs.sort()\n"
+    "    mean = sum(xs) / len(xs)\n"
+    "    return (mean, mean > 0)\n"
+)
+
+
+@needs_bwrap
+def test_values_cross_faithfully(task: CodeTask) -> None:
+    """Types survive (tuple vs list, bool vs int, float), exceptions raise, mutations show."""
+    from teachgym.types import Problem
+
+    problem = Problem(
+        id="code/x/fidelity", skill="all", prompt=FIDELITY_PROMPT, answer=FIDELITY_RIGHT,
+        metadata={"entry_point": "stats", "test": FIDELITY_TEST, "task_id": "x"},
+    )  # fmt: skip
+    wrong = [
+        FIDELITY_RIGHT.replace("return (mean, mean > 0)", "return [mean, mean > 0]"),  # a list
+        FIDELITY_RIGHT.replace("mean > 0)", "int(mean > 0))"),  # 1, not True
+        FIDELITY_RIGHT.replace("ValueError", "TypeError"),  # the wrong exception
+        FIDELITY_RIGHT.replace("    xs.sort()\n", "    xs = sorted(xs)\n"),  # not in place
+        FIDELITY_RIGHT.replace("return (mean, mean > 0)", "return iter((mean, mean > 0))"),
+        FIDELITY_RIGHT.replace("    if not xs:\n        raise ValueError('empty list')\n", ""),
+    ]
+    outputs = [FIDELITY_RIGHT, *wrong]
+    assert task.score_batch([problem] * len(outputs), outputs) == [True] + [False] * len(wrong)
+
+
+@needs_bwrap
+def test_a_broken_protocol_fails_even_where_the_tests_catch_everything(task: CodeTask) -> None:
+    from teachgym.types import Problem
+
+    test = (
+        "def check(candidate):\n"
+        "    try:\n"
+        "        assert candidate(1) == 2\n"
+        "    except Exception:\n"
+        "        pass\n"
+    )
+    problem = Problem(
+        id="code/x/catch", skill="all", prompt="def inc(x):\n    'x + 1'\n", answer="",
+        metadata={"entry_point": "inc", "test": test, "task_id": "x"},
+    )  # fmt: skip
+    outputs = [
+        "    return x + 1\n",
+        "    return x\n",  # wrong, but these tests swallow the AssertionError: their fault
+        "    return object()\n",  # not plain data: the stand-in raises what no except catches
+        "    import os\n    os._exit(0)\n",  # gone before answering
+    ]
+    assert task.score_batch([problem] * 4, outputs) == [True, True, False, False]
+
+
 def test_program_building_helpers() -> None:
     assert extract_code("a\n```python\nx = 1\n```\nb\n```python\ny = 2\n```") == "x = 1\n"
     assert extract_code("```\n\n```\n```py\nz = 3\n```") == "z = 3\n"
@@ -157,6 +347,29 @@ def test_program_building_helpers() -> None:
 # -- verify ---------------------------------------------------------------------------------
 
 
+SWALLOWING_TEST = (
+    "def check(candidate):\n"
+    "    try:\n"
+    "        assert candidate(2) == 4\n"
+    "    except Exception:\n"
+    "        pass\n"
+)
+#: Tests that print the pass marker from the harness's frames and exit 0.
+FORGING_TEST = (
+    "def check(candidate):\n"
+    "    import os, re, sys\n"
+    "    f = sys._getframe()\n"
+    "    while f:\n"
+    "        for c in f.f_code.co_consts:\n"
+    "            if isinstance(c, str) and re.fullmatch('teachgym-passed-[0-9a-f]{32}', c):\n"
+    "                print(c)\n"
+    "        f = f.f_back\n"
+    "    sys.stdout.flush()\n"
+    "    os._exit(0)\n"
+    "    assert candidate(2) == 4\n"
+)
+
+
 @needs_bwrap
 def test_verify_reasons(task: CodeTask) -> None:
     prompt = 'def double(x: int) -> int:\n    """Twice x.\n    >>> double(2)\n    4\n    """\n'
@@ -178,6 +391,36 @@ def test_verify_reasons(task: CodeTask) -> None:
         ({**good, "test": "def check(candidate:\n    assert candidate(1)\n"}, "no_tests"),
         ({**good, "prompt": "Write a function that doubles a number."}, "unparseable_prompt"),
         ({**good, "prompt": "def double(x:\n    '''broken'''\n"}, "unparseable_prompt"),
+        # asserts that cannot fail
+        (
+            {**good, "test": "def check(candidate):\n    assert candidate(3) == candidate(3)\n"},
+            "self_comparison",
+        ),
+        ({**good, "test": test + "    assert candidate(2) == 5 or candidate\n"}, "always_true"),
+        ({**good, "test": "def check(c):\n    assert c is not None\n"}, "always_true"),
+        ({**good, "test": test + "    assert True, 'HumanEval writes these'\n"}, None),
+        # tests that a trivially wrong candidate passes too
+        ({**good, "test": "def check(candidate):\n    assert candidate(2) != 5\n"}, "weak_tests"),
+        ({**good, "test": "def check(c):\n    assert c(2) == c(1 + 1)\n"}, "weak_tests"),
+        ({**good, "test": SWALLOWING_TEST}, "weak_tests"),
+        ({**good, "test": FORGING_TEST}, "weak_tests"),  # the tests forge the verdict
+        # a contradictory test, and an answer that steals the pass marker
+        (
+            {
+                **good,
+                "test": test + "    assert candidate(2) == 5\n",
+                "answer": FORGERIES["marker_from_source"],
+            },
+            "failed_tests",
+        ),
+        (
+            {
+                **good,
+                "test": test + "    assert candidate(2) == 5\n",
+                "answer": FORGERIES["atexit_marker"],
+            },
+            "failed_tests",
+        ),
     ]
     verdicts = task.verify([c for c, _ in cases])
     assert verdicts == [reason for _, reason in cases]
@@ -191,6 +434,13 @@ def test_refuses_without_isolation_unless_unsafe(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sandbox, "_default_bwrap", lambda: "/nonexistent/bwrap")
     with pytest.raises(SandboxUnavailable, match=r"unsafe=True .*task_kwargs: \{unsafe: true\}"):
         CodeTask(FIXTURE, val_size=2, test_size=3)
+    if os.geteuid() == 0 and not sandbox._world_usable(sys.executable):
+        # as root, unsafe needs an interpreter a private user id can run: never root
+        with pytest.raises(SandboxUnavailable, match="as root"):
+            CodeTask(FIXTURE, val_size=2, test_size=3, unsafe=True)
+        if not sandbox._world_usable("/usr/bin/python3"):
+            return
+        monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
     monkeypatch.setattr(sandbox, "_warned_unsafe", False)
     unsafe = CodeTask(FIXTURE, val_size=2, test_size=3, unsafe=True, timeout_s=3.0)
     assert unsafe.pool.sandbox.isolated is False

@@ -237,3 +237,42 @@ def test_unverified_counts_kept_examples_whose_answer_nothing_checked(tmp_path) 
     tested = _generator(Tested(), ScriptedBackend(_respond))
     kept, _ = tested.generate(Allocation(counts={"money": 5}), _context(task))
     assert len(kept) == 5 and tested.take_stats()["unverified"] == 0
+
+
+def _code_item(name: str, answer: str, test: str) -> dict[str, str]:
+    prompt = f'def {name}(x: int) -> int:\n    """Twice x.\n    >>> {name}(2)\n    4\n    """\n'
+    return {"prompt": prompt, "answer": answer, "test": test}
+
+
+def test_code_tests_that_prove_nothing_are_rejected_with_their_own_reasons() -> None:
+    """The code task's verify, through the generator: each reason counted in ``rejected``."""
+    from test_code_task import FIXTURE, FORGERIES
+
+    from teachgym.envs.tasks.code import CodeTask
+    from teachgym.sandbox import isolation_available
+
+    if not isolation_available():
+        pytest.skip("bubblewrap isolation is not available here")
+    task = CodeTask(FIXTURE, val_size=2, test_size=3, timeout_s=3.0, workers=2)
+    good = "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(-3) == -6\n"
+    items = [
+        _code_item("double_a", "    return 2 * x\n", good),
+        _code_item("double_b", "    return 2 * x\n", "def check(c):\n    assert c(3) == c(3)\n"),
+        _code_item("double_c", "    return 2 * x\n", good + "    assert c is not None\n"),
+        _code_item("double_d", "    return 2 * x\n", "def check(c):\n    assert c(2) != 5\n"),
+        _code_item(  # contradictory tests, and an answer that steals the pass marker
+            "double_e", FORGERIES["marker_from_source"], good + "    assert candidate(2) == 5\n"
+        ),
+    ]
+    items[2]["test"] = items[2]["test"].replace("candidate", "c")
+    backend = ScriptedBackend(lambda m, s: RawReply(json.dumps({"examples": items}), "stop"))
+    context = GenerationContext(
+        step=0, rng=np.random.default_rng(0), max_examples=10, skills=["all"], task=task,
+        extra={"round": 0},
+    )  # fmt: skip
+    generator = _generator(task, backend, max_answer_chars=2000)  # room for the forgery
+    examples, rejected = generator.generate(Allocation(counts={"all": 5}), context)
+    assert [e.prompt.split("(")[0] for e in examples] == ["def double_a"]
+    assert rejected == {
+        "self_comparison": 1, "always_true": 1, "weak_tests": 1, "failed_tests": 1,
+    }  # fmt: skip

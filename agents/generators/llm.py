@@ -216,8 +216,10 @@ class LLMGenerator:
 
     After the per-example checks above, a task with ``verify`` checks the
     survivors in one batch (the ``code`` task runs each generated function
-    against its generated tests in the sandbox) and its reasons are counted as
-    they come (``failed_tests``, ``no_final_answer``, ...); the task's
+    against its generated tests in the sandbox, and refuses tests that cannot
+    tell a wrong answer from a right one) and its reasons are counted as they
+    come (``failed_tests``, ``weak_tests``, ``self_comparison``,
+    ``always_true``, ``no_final_answer``, ...); the task's
     ``generation_fields`` are added to the reply schema so the LLM writes
     what ``verify`` needs.
     """

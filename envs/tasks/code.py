@@ -4,22 +4,47 @@ A row is ``{"task_id", "prompt", "entry_point", "test", "canonical_solution"}``
 (the HumanEval format): the prompt is a Python function's signature and
 docstring (after any imports and helpers it needs), the canonical solution is
 the function's body, and ``test`` defines ``check(candidate)``, a function of
-``assert`` statements. An output passes when
+``assert`` statements.
 
-    prompt + completion + "\\n" + test + "\\ncheck(<entry_point>)\\n"
+Judging happens outside the completion's interpreter, because a program that
+runs the tests next to the completion can be made to pass by the completion:
+it can read a pass marker from its own source or frames and print it, print
+it from an ``atexit`` hook and ``os._exit(0)``, set a trace function that
+jumps over ``check(...)``, or return an object equal to everything. So each
+output is judged by two programs, each in its own sandbox of
+:mod:`teachgym.sandbox` (own PID, mount and network namespaces, own user id
+as root, own cgroup), joined only by two pipes (:meth:`Sandbox.run_pair`):
 
-exits with status 0 within ``timeout_s`` (and prints a random marker after
-``check`` returned, so a completion cannot pass by exiting early), run as
-``python3 -I`` in the OS sandbox of :mod:`teachgym.sandbox` (a completion is
-untrusted code: a model's guess can loop, allocate without end or delete
-files as easily as it can be right). A split is scored in one batch, all programs at once in a
-:class:`~teachgym.sandbox.SandboxPool`.
+- the candidate's process defines the function from ``prompt`` and the
+  completion (:func:`candidate_program`), then answers each call it is sent
+  with plain data: the return value, the final state of the list, dict, set
+  or bytearray arguments, or the name and message of the exception raised.
+  Plain data is ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``,
+  ``bytes``, ``bytearray``, ``list``, ``tuple``, ``dict``, ``set`` and
+  ``frozenset``, nested at most 100 deep, and exactly those types (a
+  subclass is not plain), encoded as tagged JSON so that a tuple stays a
+  tuple and ``True`` stays ``True``; anything else is answered ``bad``.
+- the tests' process runs the prompt (for the helpers the tests use), the
+  tests and ``check`` on a stand-in for the function, which sends each call's
+  arguments and rebuilds the answer from the data alone: the value, the
+  argument mutations, or a built-in exception of that name (another
+  exception becomes a ``CandidateError``), raised in the tests as if the
+  function had raised it. A ``bad`` answer, a malformed one, one over 16 MiB
+  or none at all raises an exception the tests' ``except Exception`` cannot
+  catch, and fails the run whatever the tests do with it.
 
-The tests run in the same interpreter as the completion, so a completion
-written to game them (returning an object whose ``__eq__`` is always true)
-can still pass; the marker only closes the cheap exits.
+An output passes when the tests' process exits 0 within ``timeout_s`` and its
+last line of output is a random marker it prints after ``check`` returned.
+No code of the completion ever runs in that process: all a completion can
+decide is the plain values its function answers with, which is what the
+tests are there to judge. (It is record and replay with the replay done
+live: the tests' process records each call and replays the candidate's
+answer, in the same run.) Arguments a test passes must be plain data too.
+A split is judged in one batch, all pairs at once in a
+:class:`~teachgym.sandbox.SandboxPool`; :func:`build_program` is HumanEval's
+own one-program harness, kept as the baseline of ``benchmarks/code_scoring.py``.
 
-Completions are read leniently (:func:`build_program`): a model that wraps
+Completions are read leniently (:func:`candidate_program`): a model that wraps
 its code in a Markdown fence or writes the whole function again, signature
 included, is scored on its code, not on its formatting. Generated training
 examples are held to the task's own format, strictly (:meth:`CodeTask.verify`).
@@ -34,13 +59,22 @@ import ast
 import re
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from teachgym.envs.tasks.dataset import DatasetTask, Row
-from teachgym.sandbox import Limits, SandboxPool, SandboxResult, SandboxUnavailable
+from teachgym.sandbox import Limits, Sandbox, SandboxPool, SandboxResult, SandboxUnavailable
 from teachgym.types import Problem
 
-__all__ = ["CodeTask", "build_program", "entry_point_of", "extract_code", "restore_indent"]
+__all__ = [
+    "CodeTask",
+    "build_program",
+    "candidate_program",
+    "entry_point_of",
+    "extract_code",
+    "restore_indent",
+    "vacuous_assert",
+]
 
 #: The first fenced block of a Markdown answer (language tag optional); an
 #: unclosed fence (a generation cut off by its token budget) runs to the end.
@@ -140,6 +174,39 @@ def restore_indent(prompt: str, body: str) -> str:
     return every
 
 
+def candidate_program(prompt: str, completion: str, entry_point: str, *, lenient: bool) -> str:
+    r"""The module that defines ``entry_point`` from ``prompt`` and ``completion`` (no tests).
+
+    ``lenient=False`` is the HumanEval reading as it is: ``prompt +
+    completion``, the completion taken as the function body. ``lenient=True``
+    (scoring a model's output) first takes the code out of a Markdown fence,
+    then:
+
+    - if the code defines ``entry_point`` at column 0 (the model wrote the
+      whole function again), the module is the prompt's preamble (imports,
+      helpers) followed by that code, cut before any ``if __name__ == ...``;
+    - otherwise the code is the body, its indentation restored where it
+      starts at column 0 (:func:`restore_indent`), cut at the first column-0
+      line that starts another statement (``def``, ``class``, ``if``,
+      ``print(``...).
+
+    >>> prompt = "def inc(x):\n    '''x + 1'''\n"
+    >>> print(candidate_program(prompt, "```python\ndef inc(x):\n    return x + 1\n```", "inc",
+    ...                         lenient=True))
+    def inc(x):
+        return x + 1
+    <BLANKLINE>
+    """
+    if not lenient:
+        return prompt + completion
+    code = extract_code(completion)
+    if any(name == entry_point for name in _DEF.findall(code)):
+        guard = _MAIN_GUARD.search(code)
+        code = code[: guard.start()] if guard else code
+        return _preamble(prompt, entry_point) + code
+    return prompt + _cut(restore_indent(prompt, code))
+
+
 def build_program(
     prompt: str,
     completion: str,
@@ -149,26 +216,13 @@ def build_program(
     lenient: bool = True,
     marker: str | None = None,
 ) -> str:
-    r"""The program whose exit status says whether ``completion`` passes ``test``.
+    r"""HumanEval's own harness: one program, the completion and its tests together.
 
-    ``lenient=False`` is the HumanEval harness as it is: ``prompt + completion
-    + test + check(entry_point)``, the completion taken as the function body.
-    ``lenient=True`` (scoring a model's output) first takes the code out of a
-    Markdown fence, then:
-
-    - if the code defines ``entry_point`` at column 0 (the model wrote the
-      whole function again), the program is the prompt's preamble (imports,
-      helpers) followed by that code, cut before any ``if __name__ == ...``;
-    - otherwise the code is the body, its indentation restored where it
-      starts at column 0 (:func:`restore_indent`), cut at the first column-0
-      line that starts another statement (``def``, ``class``, ``if``,
-      ``print(``...).
-
-    ``marker``: printed after ``check`` returns. Exit status 0 alone is not
-    proof: a completion that calls ``sys.exit(0)`` or ``os._exit(0)`` when
-    ``check`` first calls it ends the program with status 0 before a single
-    assert ran. :class:`CodeTask` passes a fresh random marker per program
-    and requires it as the last line of the output.
+    ``candidate_program(...) + test + check(entry_point)``, then ``print(marker)``
+    when given. :class:`CodeTask` does not judge this way (the tests would
+    run in the interpreter the completion controls, see the module
+    docstring); this is the program the original HumanEval harness runs,
+    kept to compare against (``benchmarks/code_scoring.py``).
 
     >>> prompt = "def inc(x):\n    '''x + 1'''\n"
     >>> print(build_program(prompt, "```python\ndef inc(x):\n    return x + 1\n```", "T", "inc"))
@@ -183,14 +237,322 @@ def build_program(
     check = f"\n{test}\ncheck({entry_point})\n"
     if marker is not None:
         check += f"print({marker!r})\n"
-    if not lenient:
-        return prompt + completion + "\n" + check
-    code = extract_code(completion)
-    if any(name == entry_point for name in _DEF.findall(code)):
-        guard = _MAIN_GUARD.search(code)
-        code = code[: guard.start()] if guard else code
-        return _preamble(prompt, entry_point) + code + "\n" + check
-    return prompt + _cut(restore_indent(prompt, code)) + "\n" + check
+    return candidate_program(prompt, completion, entry_point, lenient=lenient) + "\n" + check
+
+
+# -- judging: the candidate and the tests in two sandboxes ------------------------------------
+
+#: Plain data on the wire (both programs): JSON with every array tagged, so that
+#: types survive exactly (tuple vs list, int vs float vs bool, set, bytes...).
+#: A value of any other type, a subclass included, is not plain.
+_CODEC = r"""
+try:  # json's C parts, without the json package (which takes 8 ms to import)
+    from _json import encode_basestring_ascii as _quote, make_scanner as _make_scanner
+except ImportError:  # not CPython
+    from json.encoder import encode_basestring_ascii as _quote
+    from json.scanner import make_scanner as _make_scanner
+
+_INF = float("inf")
+
+
+class _NotPlain(Exception):
+    pass
+
+
+class _Context:  # what json's C scanner reads from json.JSONDecoder
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"NaN": _INF - _INF, "Infinity": _INF, "-Infinity": -_INF}.__getitem__
+
+
+_scan = _make_scanner(_Context())
+
+
+def _loads(data):
+    text = data.decode()
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if text[end:].strip():
+        raise ValueError("more than one JSON value")
+    return value
+
+
+def _dumps(n):
+    t = type(n)
+    if t is str:
+        return _quote(n)
+    if n is None or t is bool:
+        return "null" if n is None else "true" if n else "false"
+    if t is int:
+        return int.__repr__(n)
+    if t is float:
+        if n != n or n in (_INF, -_INF):
+            return "NaN" if n != n else "Infinity" if n > 0 else "-Infinity"
+        return float.__repr__(n)
+    if t is list:
+        return "[" + ",".join([_dumps(x) for x in n]) + "]"
+    raise _NotPlain("a %s" % t.__name__)
+
+
+_DEPTH = 100
+_MUTABLE = (list, dict, set, bytearray)
+_TAGS = {list: "l", tuple: "t", set: "s", frozenset: "f"}
+_TYPES = {"l": list, "t": tuple, "s": set, "f": frozenset}
+
+
+def _enc(v, d=0):
+    t = type(v)
+    if v is None or t is bool or t is str or t is float:
+        return v
+    if t is int:
+        return v if -(1 << 62) < v < (1 << 62) else ["x", format(v, "x")]
+    if d >= _DEPTH:
+        raise _NotPlain("nested deeper than %d" % _DEPTH)
+    if t in _TAGS:
+        return [_TAGS[t]] + [_enc(x, d + 1) for x in v]
+    if t is dict:
+        out = ["d"]
+        for k, x in v.items():
+            out += [_enc(k, d + 1), _enc(x, d + 1)]
+        return out
+    if t is bytes or t is bytearray:
+        return ["b" if t is bytes else "B", v.hex()]
+    if t is complex:
+        return ["c", v.real, v.imag]
+    raise _NotPlain("a %s" % t.__name__)
+
+
+def _dec(n, d=0):
+    t = type(n)
+    if n is None or t is bool or t is str or t is float or t is int:
+        return n
+    if t is not list or not n or d >= _DEPTH or type(n[0]) is not str:
+        raise ValueError("not an encoded value")
+    tag, rest = n[0], n[1:]
+    if tag in _TYPES:
+        return _TYPES[tag]([_dec(x, d + 1) for x in rest])
+    if tag == "d" and len(rest) % 2 == 0:
+        items = [_dec(x, d + 1) for x in rest]
+        return dict(zip(items[::2], items[1::2]))
+    if tag in ("x", "b", "B") and len(rest) == 1 and type(rest[0]) is str:
+        if tag == "x":
+            return int(rest[0], 16)
+        return (bytes if tag == "b" else bytearray).fromhex(rest[0])
+    if tag == "c" and len(rest) == 2 and all(type(x) in (int, float) for x in rest):
+        return complex(rest[0], rest[1])
+    raise ValueError("not an encoded value")
+"""
+
+#: The candidate's process: defines the function from the completion, then for
+#: each request (the arguments of one call) answers with the return value and
+#: the final state of its mutable arguments, or the exception raised, or
+#: ``bad`` when the value is not plain data. Everything here is within the
+#: completion's reach, and that is fine: all it can change is what it answers.
+_SERVER = (
+    _CODEC
+    + r"""
+import builtins as _builtins
+import os as _os
+import sys as _sys
+
+
+def _serve(source, entry):
+    reader = _os.fdopen(int(_sys.argv[1]), "rb")
+    writer = _os.fdopen(int(_sys.argv[2]), "wb")
+    ns = {"__name__": "__main__", "__builtins__": _builtins}
+    exec(compile(source, "solution.py", "exec"), ns)
+    fn = ns[entry]
+    for line in reader:
+        args, kwargs = _loads(line)
+        args = [_dec(a) for a in args]
+        kwargs = {k: _dec(v) for k, v in kwargs}
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as e:
+            try:
+                message = str(e)[:500]
+            except BaseException:
+                message = "?"
+            reply = ["raise", type(e).__name__, message]
+        else:
+            try:
+                after = [_enc(a) if type(a) in _MUTABLE else None for a in args]
+                reply = ["ok", _enc(value), after]
+            except (_NotPlain, RecursionError, ValueError) as e:
+                reply = ["bad", str(e)[:200]]
+        writer.write(_dumps(reply).encode() + b"\n")
+        writer.flush()
+"""
+)
+
+#: The tests' process: the prompt (for its helpers), the tests, and ``check``
+#: called with a stand-in that asks the candidate's process for every call and
+#: rebuilds the answer from plain data. No code of the completion ever runs
+#: here. ``sys.argv[1:]`` is the pipe pair, or ``none`` / ``raise`` for a
+#: trivially wrong candidate (returns None / raises) that needs no process.
+#: The marker is printed only when ``check`` returned and the candidate's
+#: process kept to the protocol throughout.
+_CLIENT = (
+    _CODEC
+    + r"""
+import builtins as _builtins
+import os as _os
+import sys as _sys
+
+
+class CandidateBroke(BaseException):
+    "The candidate's process answered outside the protocol, or not at all."
+
+
+class CandidateError(Exception):
+    "The candidate raised an exception that is not a built-in one."
+
+
+_LIMIT = 16 << 20
+
+
+def _exception(name, message):
+    cls = getattr(_builtins, name, None) if type(name) is str else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(str(message)[:500])
+        except Exception:
+            pass
+    return CandidateError("%s: %s" % (str(name)[:100], str(message)[:500]))
+
+
+def _main(prompt, test, entry, marker):
+    broken = []
+    mode = _sys.argv[1] if len(_sys.argv) == 2 else "pipe"
+    if mode == "pipe":
+        reader = _os.fdopen(int(_sys.argv[1]), "rb")
+        writer = _os.fdopen(int(_sys.argv[2]), "wb")
+
+    def breach(why):
+        broken.append(why)
+        raise CandidateBroke(why)
+
+    def candidate(*args, **kwargs):
+        if broken:
+            raise CandidateBroke(broken[0])
+        if mode == "none":
+            return None
+        if mode == "raise":
+            raise RuntimeError("a trivially wrong candidate, which always raises")
+        try:
+            request = [[_enc(a) for a in args], [[k, _enc(v)] for k, v in kwargs.items()]]
+            request = _dumps(request).encode() + b"\n"
+        except (_NotPlain, RecursionError, ValueError) as e:
+            breach("the tests pass the candidate a value that is not plain data (%s)" % e)
+        try:
+            writer.write(request)
+            writer.flush()
+            line = reader.readline(_LIMIT)
+        except OSError as e:
+            breach("the candidate's process is gone (%s)" % e)
+        if not line.endswith(b"\n"):
+            breach("an answer over %d bytes" % _LIMIT if line else "no answer (it ended)")
+        error = None
+        try:
+            reply = _loads(line)
+            kind = reply[0]
+            if kind == "ok" and len(reply) == 3 and len(reply[2]) == len(args):
+                value = _dec(reply[1])
+                for arg, after in zip(args, reply[2]):
+                    if after is None or type(arg) not in _MUTABLE:
+                        continue
+                    after = _dec(after)
+                    if type(after) is not type(arg):
+                        raise ValueError("a mutated argument changed type")
+                    if type(arg) in (list, bytearray):
+                        arg[:] = after
+                    else:
+                        arg.clear()
+                        arg.update(after)
+                return value
+            if kind == "raise" and len(reply) == 3:
+                error = _exception(reply[1], reply[2])
+        except (ValueError, TypeError, IndexError, KeyError, RecursionError) as e:
+            breach("a malformed answer (%s: %s)" % (type(e).__name__, e))
+        if error is None:
+            breach("the candidate returned something that is not plain data (%r)" % reply[1:2])
+        raise error
+
+    ns = {"__name__": "__main__", "__builtins__": _builtins}
+    exec(compile(prompt, "prompt.py", "exec"), ns)
+    stub = ns.get(entry)
+    candidate.__name__ = candidate.__qualname__ = entry
+    candidate.__doc__ = getattr(stub, "__doc__", None)
+    ns[entry] = candidate
+    exec(compile(test, "test.py", "exec"), ns)
+    ns["check"](candidate)
+    if broken:
+        _sys.stderr.write("the candidate's process broke the protocol: %s\n" % broken[0])
+        _sys.exit(1)
+    _sys.stdout.flush()
+    print(marker)
+"""
+)
+
+
+def _server_program(source: str, entry_point: str) -> str:
+    return f"{_SERVER}\n_serve({source!r}, {entry_point!r})\n"
+
+
+def _client_program(prompt: str, test: str, entry_point: str, marker: str) -> str:
+    return f"{_CLIENT}\n_main({prompt!r}, {test!r}, {entry_point!r}, {marker!r})\n"
+
+
+def _marked(result: SandboxResult, marker: str) -> bool:
+    """Exit status 0, and the marker as the last line: ``check`` returned, protocol kept."""
+    return result.passed and result.stdout.splitlines()[-1:] == [marker]
+
+
+def _new_marker() -> str:
+    return f"teachgym-passed-{secrets.token_hex(16)}"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One judging: the candidate's module, and the prompt and tests it is checked by."""
+
+    source: str
+    prompt: str
+    test: str
+    entry_point: str
+
+
+# -- what generated tests must be -------------------------------------------------------------
+
+
+def _check_function(test: str) -> tuple[ast.FunctionDef, str] | None:
+    """The ``def check(candidate)`` of ``test`` and its parameter's name."""
+    try:
+        tree = ast.parse(test)
+    except (SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "check" and node.args.args:
+            return node, node.args.args[0].arg
+    return None
+
+
+def _asserts_on(test: str) -> tuple[list[ast.Assert], str]:
+    """The asserts of ``check`` that mention its parameter, and that parameter's name."""
+    found = _check_function(test)
+    if found is None:
+        return [], ""
+    node, param = found
+    asserts = [
+        stmt
+        for stmt in ast.walk(node)
+        if isinstance(stmt, ast.Assert)
+        and any(isinstance(n, ast.Name) and n.id == param for n in ast.walk(stmt))
+    ]
+    return asserts, param
 
 
 def _has_tests(test: str) -> bool:
@@ -199,20 +561,98 @@ def _has_tests(test: str) -> bool:
     A ``check`` that asserts nothing, or never calls the function it is
     given, passes any answer, so an example carrying it is unverified.
     """
-    try:
-        tree = ast.parse(test)
-    except (SyntaxError, ValueError):
-        return False
-    for node in tree.body:
-        if not isinstance(node, ast.FunctionDef) or node.name != "check" or not node.args.args:
-            continue
-        param = node.args.args[0].arg
-        for stmt in ast.walk(node):
-            if isinstance(stmt, ast.Assert) and any(
-                isinstance(n, ast.Name) and n.id == param for n in ast.walk(stmt)
-            ):
-                return True
+    return bool(_asserts_on(test)[0])
+
+
+_REFLEXIVE = (ast.Eq, ast.Is, ast.LtE, ast.GtE)
+
+
+def _self_comparison(e: ast.expr) -> bool:
+    """``x == x`` (or ``is``, ``<=``, ``>=``): both sides the same expression."""
+    return (
+        isinstance(e, ast.Compare)
+        and len(e.ops) == 1
+        and isinstance(e.ops[0], _REFLEXIVE)
+        and ast.dump(e.left) == ast.dump(e.comparators[0])
+    )
+
+
+def _always_true(e: ast.expr, param: str) -> bool:
+    """Is ``e`` true whatever the candidate does? (As far as the source shows.)"""
+    if isinstance(e, ast.Constant):
+        return bool(e.value)
+    if isinstance(e, (ast.Name, ast.Lambda)):
+        return isinstance(e, ast.Lambda) or e.id == param  # a function is always truthy
+    if isinstance(e, ast.JoinedStr):
+        return any(isinstance(v, ast.Constant) and v.value for v in e.values)
+    if isinstance(e, (ast.Tuple, ast.List, ast.Set)):
+        return bool(e.elts)
+    if isinstance(e, ast.Dict):
+        return bool(e.keys)
+    if isinstance(e, ast.BoolOp):
+        parts = [_always_true(v, param) for v in e.values]
+        return any(parts) if isinstance(e.op, ast.Or) else all(parts)
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+        return _always_false(e.operand, param)
+    if isinstance(e, ast.IfExp):
+        return _always_true(e.body, param) and _always_true(e.orelse, param)
+    if isinstance(e, ast.NamedExpr):
+        return _always_true(e.value, param)
+    if _self_comparison(e):
+        return True
+    if isinstance(e, ast.Compare) and len(e.ops) == 1:  # candidate is not None / != None
+        left, right = e.left, e.comparators[0]
+        return (
+            isinstance(e.ops[0], (ast.IsNot, ast.NotEq))
+            and isinstance(left, ast.Name)
+            and left.id == param
+            and isinstance(right, ast.Constant)
+            and right.value is None
+        )
+    if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id == "callable":
+        return len(e.args) == 1 and isinstance(e.args[0], ast.Name) and e.args[0].id == param
     return False
+
+
+def _always_false(e: ast.expr, param: str) -> bool:
+    if isinstance(e, ast.Constant):
+        return not e.value
+    if isinstance(e, (ast.Tuple, ast.List, ast.Set)):
+        return not e.elts
+    if isinstance(e, ast.Dict):
+        return not e.keys
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+        return _always_true(e.operand, param)
+    if isinstance(e, ast.BoolOp):
+        parts = [_always_false(v, param) for v in e.values]
+        return any(parts) if isinstance(e.op, ast.And) else all(parts)
+    return False
+
+
+def vacuous_assert(test: str) -> str | None:
+    """Why an assert of ``check`` on the candidate cannot fail, or None.
+
+    ``"self_comparison"``: it compares an expression with itself
+    (``assert candidate(3) == candidate(3)``); ``"always_true"``: it holds
+    whatever the candidate does (``assert candidate or ...``, ``assert
+    candidate is not None``, ``assert (candidate(1), 2)``). Asserts that do
+    not mention the candidate (HumanEval's ``assert True, "..."``) are left
+    alone: they test nothing, but they claim nothing either.
+
+    >>> vacuous_assert("def check(c):\\n    assert c(3) == c(3)\\n")
+    'self_comparison'
+    >>> vacuous_assert("def check(c):\\n    assert c(1) == 2 or c\\n")
+    'always_true'
+    >>> vacuous_assert("def check(c):\\n    assert c(1) == 2\\n    assert True, 'x'\\n") is None
+    True
+    """
+    asserts, param = _asserts_on(test)
+    for stmt in asserts:
+        if _self_comparison(stmt.test):
+            return "self_comparison"
+        if _always_true(stmt.test, param):
+            return "always_true"
+    return None
 
 
 class CodeTask(DatasetTask):
@@ -277,6 +717,8 @@ class CodeTask(DatasetTask):
                 workers, limits=Limits(memory_bytes=memory_mb << 20), unsafe=unsafe
             )
         except SandboxUnavailable as e:
+            if unsafe:  # refused even so (it would have run as root): the reason as it is
+                raise SandboxUnavailable(f"the code task cannot run: {e}") from None
             raise SandboxUnavailable(
                 "the code task runs model-written code and needs OS isolation (bubblewrap), "
                 "which is not available here. Pass unsafe=True to the task (config: "
@@ -314,30 +756,38 @@ class CodeTask(DatasetTask):
         """Run whole programs in the task's sandbox pool, results in order."""
         return self.pool.map(programs, timeout_s=self.timeout_s)
 
-    def _check_batch(
-        self, jobs: Sequence[tuple[str, str, str, str]], *, lenient: bool
-    ) -> list[SandboxResult | None]:
-        """Run ``(prompt, completion, test, entry_point)`` checks; ``None`` where one passed.
+    def _judge(self, jobs: Sequence[_Job]) -> list[SandboxResult | None]:
+        """Judge each job (see the module docstring); ``None`` where it passed, else the
+        result of the tests' process."""
+        markers = [_new_marker() for _ in jobs]
 
-        A pass is exit status 0 with this run's marker as the last line of
-        stdout (see :func:`build_program`); the result is returned otherwise.
-        """
-        markers = [f"teachgym-passed-{secrets.token_hex(16)}" for _ in jobs]
-        programs = [
-            build_program(*job, lenient=lenient, marker=marker)
-            for job, marker in zip(jobs, markers, strict=True)
-        ]
-        out: list[SandboxResult | None] = []
-        for result, marker in zip(self.run_batch(programs), markers, strict=True):
-            lines = result.stdout.splitlines()
-            out.append(None if result.passed and lines[-1:] == [marker] else result)
-        return out
+        def judge(box: Sandbox, i: int) -> SandboxResult | None:
+            job = jobs[i]
+            server = _server_program(job.source, job.entry_point)
+            client = _client_program(job.prompt, job.test, job.entry_point, markers[i])
+            _, tests = box.run_pair(server, client, timeout_s=self.timeout_s)
+            return None if _marked(tests, markers[i]) else tests
+
+        return self.pool.map_with(judge, range(len(jobs)))
+
+    def _passes_trivial(self, jobs: Sequence[_Job]) -> list[bool]:
+        """Do the tests pass a candidate that returns None, or one that always raises?"""
+        runs = [(job, mode) for job in jobs for mode in ("none", "raise")]
+        markers = [_new_marker() for _ in runs]
+
+        def run(box: Sandbox, i: int) -> bool:
+            job, mode = runs[i]
+            client = _client_program(job.prompt, job.test, job.entry_point, markers[i])
+            return _marked(box.run(client, timeout_s=self.timeout_s, args=[mode]), markers[i])
+
+        passed = self.pool.map_with(run, range(len(runs)))
+        return [passed[2 * i] or passed[2 * i + 1] for i in range(len(jobs))]
 
     def score_batch(self, problems: Sequence[Problem], outputs: Sequence[str]) -> list[bool]:
-        """Does each output pass its problem's tests? All run at once in the sandbox pool."""
+        """Does each output pass its problem's tests? All judged at once in the sandbox pool."""
         if len(problems) != len(outputs):
             raise ValueError(f"got {len(problems)} problems but {len(outputs)} outputs")
-        jobs: list[tuple[str, str, str, str]] = []
+        jobs: list[_Job] = []
         for problem, output in zip(problems, outputs, strict=True):
             meta = problem.metadata
             if "test" not in meta or "entry_point" not in meta:
@@ -345,25 +795,37 @@ class CodeTask(DatasetTask):
                     f"problem {problem.id!r} has no metadata 'test'/'entry_point': "
                     "not a code task problem"
                 )
-            jobs.append((problem.prompt, output, meta["test"], meta["entry_point"]))
-        return [failure is None for failure in self._check_batch(jobs, lenient=True)]
+            entry = meta["entry_point"]
+            source = candidate_program(problem.prompt, output, entry, lenient=True)
+            jobs.append(_Job(source, problem.prompt, meta["test"], entry))
+        return [failure is None for failure in self._judge(jobs)]
 
     def verify(self, candidates: Sequence[Mapping[str, str]]) -> list[str | None]:
-        """Does each generated ``{"prompt", "answer", "test"}`` pass its own tests?
+        """Is each generated ``{"prompt", "answer", "test"}`` a checked example?
 
-        ``None`` if it does, else the reason: ``"unparseable_prompt"`` (no
-        top-level ``def`` to write, or not Python a body can follow),
-        ``"no_tests"`` (``test`` does not define ``check(candidate)`` with an
-        ``assert`` on the candidate), ``"timeout"``, ``"failed_tests"``. The
-        answer is run as the body, through the harness without the lenient
-        reading of :func:`build_program` (a student trained on it learns to
-        write exactly that, so a fenced answer or one that repeats the
-        signature fails). Only a first line that lost its indentation is
-        re-indented (:func:`restore_indent`): an answer from a generator
-        that strips whitespace may have lost it.
+        ``None`` if so, else the reason, checked in this order:
+
+        - ``"unparseable_prompt"``: no top-level ``def`` to write, or not
+          Python a body can follow;
+        - ``"no_tests"``: ``test`` does not define ``check(candidate)`` with
+          an ``assert`` on the candidate;
+        - ``"self_comparison"`` / ``"always_true"``: an assert on the
+          candidate cannot fail (:func:`vacuous_assert`);
+        - ``"timeout"`` / ``"failed_tests"``: the answer does not pass the
+          tests (judged as :meth:`score_batch` judges a student);
+        - ``"weak_tests"``: the tests also pass a trivially wrong candidate,
+          one that returns None or one that always raises, so passing them
+          proves nothing about the answer.
+
+        The answer is run as the body, without the lenient reading of
+        :func:`candidate_program` (a student trained on it learns to write
+        exactly that, so a fenced answer or one that repeats the signature
+        fails). Only a first line that lost its indentation is re-indented
+        (:func:`restore_indent`): an answer from a generator that strips
+        whitespace may have lost it.
         """
         verdicts: list[str | None] = [None] * len(candidates)
-        jobs: list[tuple[str, str, str, str]] = []
+        jobs: list[_Job] = []
         where: list[int] = []
         for i, c in enumerate(candidates):
             prompt, answer, test = (str(c.get(k, "")) for k in ("prompt", "answer", "test"))
@@ -372,13 +834,24 @@ class CodeTask(DatasetTask):
                 verdicts[i] = "unparseable_prompt"
             elif not _has_tests(test):
                 verdicts[i] = "no_tests"
+            elif (vacuous := vacuous_assert(test)) is not None:
+                verdicts[i] = vacuous
             else:
                 prompt = prompt if prompt.endswith("\n") else prompt + "\n"
-                jobs.append((prompt, restore_indent(prompt, answer), test, entry))
+                body = restore_indent(prompt, answer)
+                source = candidate_program(prompt, body, entry, lenient=False)
+                jobs.append(_Job(source, prompt, test, entry))
                 where.append(i)
-        for i, failure in zip(where, self._check_batch(jobs, lenient=False), strict=True):
-            if failure is not None:
+        passing: list[tuple[int, _Job]] = []
+        for i, job, failure in zip(where, jobs, self._judge(jobs), strict=True):
+            if failure is None:
+                passing.append((i, job))
+            else:
                 verdicts[i] = "timeout" if failure.status == "timeout" else "failed_tests"
+        weak = self._passes_trivial([job for _, job in passing])
+        for (i, _), passes_wrong in zip(passing, weak, strict=True):
+            if passes_wrong:
+                verdicts[i] = "weak_tests"
         return verdicts
 
     def format_description(self, skill: str) -> str:
