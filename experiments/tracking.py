@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from teachgym.config import ExperimentConfig
-from teachgym.errors import ConfigError
+from teachgym.config import ExperimentConfig, WandbSettings
+from teachgym.errors import MissingDependency
 
 
 def row_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -74,7 +74,8 @@ class WandbTracker:
     """Logs each step row, sample tables and the summary at the end, to a wandb run.
 
     Args:
-        config: the run's config (logged as the wandb run's config).
+        config: the run's config (logged as the wandb run's config); its
+            ``wandb`` mapping gives the project, entity, tags, notes and mode.
         run_dir: the run directory; wandb's files go inside it, and its path
             fixes the wandb run id, so a resumed run continues the same run.
         group: the wandb group (a sweep's name: one run per trial, grouped).
@@ -84,17 +85,19 @@ class WandbTracker:
         try:
             import wandb
         except ImportError:
-            raise ConfigError(
-                "wandb=true needs the wandb package: pip install 'teachgym[wandb]'"
-            ) from None
+            raise MissingDependency("wandb logging (config key wandb)", "wandb") from None
         self._wandb = wandb
         run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+        settings = config.wandb_settings or WandbSettings()
         self._run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "teachgym"),
+            project=settings.project or os.environ.get("WANDB_PROJECT", "teachgym"),
+            entity=settings.entity,
+            tags=list(settings.tags) or None,
+            notes=settings.notes,
             dir=str(run_dir),
             id=run_id,
             resume="allow",
-            mode=wandb_mode(),  # type: ignore[arg-type]
+            mode=settings.mode or wandb_mode(),  # type: ignore[arg-type]
             group=group,
             config=config.model_dump(mode="json"),
             name=f"{config.teacher}-seed{config.seed}",

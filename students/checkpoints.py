@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
+from teachgym.errors import MissingDependency
+
 STATE_FILE = "student_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 _WEIGHTS_FILE = "model.safetensors"
@@ -53,9 +55,7 @@ def with_lora(model: Any, lora: Mapping[str, Any]) -> tuple[Any, LoraInit]:
     try:
         from peft import LoraConfig, get_peft_model
     except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "LoRA needs peft: pip install 'teachgym[llm]' (or pip install peft)"
-        ) from err
+        raise MissingDependency("LoRA (student_kwargs.lora)", "peft") from err
     kwargs = dict(lora)
     for short, long in _LORA_ALIASES.items():
         if short in kwargs:

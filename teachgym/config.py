@@ -26,6 +26,7 @@ __all__ = [
     "ExperimentConfig",
     "Resources",
     "RoleResources",
+    "WandbSettings",
     "apply_overrides",
     "build_config",
     "config_diff",

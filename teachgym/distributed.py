@@ -7,7 +7,7 @@ proxies that implement the same protocols as the in-process components
 (:mod:`teachgym.students.remote`, :mod:`teachgym.agents.generators.remote`),
 so ``TeacherEnv`` and every teacher are unchanged.
 
-Ray is an optional dependency (``pip install 'teachgym[ray]'``): nothing here
+Ray is an optional dependency (the ``ray`` extra): nothing here
 imports it until a Ray backend or a sweep is asked for.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from teachgym.config import ExperimentConfig
-from teachgym.errors import ConfigError, UserError
+from teachgym.errors import MissingDependency, UserError
 
 __all__ = [
     "ResourceError",
@@ -47,9 +47,7 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError(
-            "backend: ray and `teachgym sweep` need Ray: pip install 'teachgym[ray]'"
-        ) from None
+        raise MissingDependency("backend: ray and `teachgym sweep`", "ray") from None
     return ray
 
 
@@ -189,7 +187,19 @@ def check_feasible(bundles: Mapping[str, Mapping[str, float]], what: str) -> Non
             raise ResourceError(
                 f"{what}: {name} asks for {_fmt(bundle)} but no node of the Ray cluster has "
                 f"that much (largest node: {_fmt(largest)}; {len(nodes)} node(s))"
+                + _fix_hint(name, bundle, largest)
             )
+
+
+def _fix_hint(name: str, bundle: Mapping[str, float], largest: Mapping[str, float]) -> str:
+    """The config keys that ask for less, when CPUs are what no node has."""
+    if bundle.get("CPU", 0.0) <= largest.get("CPU", 0.0):
+        return ""
+    cpus = max(1, int(largest.get("CPU", 1.0)))
+    role = name.removeprefix("resources.").split(" ")[0]
+    if role in ("student", "generator", "evaluation"):
+        return f"; ask for fewer with resources.{role}.num_cpus={cpus} (or threads={cpus})"
+    return f"; ask for fewer with threads={cpus} (each trial's CPUs)"
 
 
 def _fmt(bundle: Mapping[str, float]) -> str:

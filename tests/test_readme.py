@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from teachgym.config import ExperimentConfig, default_config_path, load_config
-from teachgym.experiments.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SMOKE = Path(default_config_path()).with_name("smoke.yaml")
@@ -22,16 +23,51 @@ def _teacher_block() -> str:
     return matches[0]
 
 
-def test_readme_teacher_is_short_and_runs_with_the_cli(tmp_path, monkeypatch, capsys):
+def test_readme_teacher_is_short_and_runs_with_the_cli(tmp_path):
+    """The README's two commands, as a user types them: the real console script, run from
+    the directory that holds ``my_teachers.py``, with nothing added to ``sys.path``."""
     code = _teacher_block()
     assert len(code.strip().splitlines()) < 40
     (tmp_path / "my_teachers.py").write_text(code)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "my_teachers", raising=False)
-    out = tmp_path / "run"
-    assert main(["run", str(SMOKE), "teacher=my_teachers:Greedy", "--out", str(out)]) == 0
-    assert "final val accuracy" in capsys.readouterr().out
-    assert (out / "summary.json").exists()
+    script = Path(sys.executable).parent / "teachgym"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    text = README.read_text()
+    for command in (
+        "teachgym run teacher=my_teachers:Greedy",
+        "teachgym compare --teachers my_teachers:Greedy,uniform --seeds 3",
+    ):
+        assert command in text
+    small = ["smoke", "budget=200", "threads=1"]
+    run = subprocess.run(
+        [str(script), "run", *small, "teacher=my_teachers:Greedy", "--out", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "final val accuracy" in run.stdout and (tmp_path / "run" / "summary.json").exists()
+    compare = subprocess.run(
+        [
+            str(script),
+            "compare",
+            *small,
+            "--teachers",
+            "my_teachers:Greedy,uniform",
+            "--seeds",
+            "1",
+            "--out",
+            "cmp",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compare.returncode == 0, compare.stderr
+    assert "my_teachers:Greedy" in compare.stdout and "leaderboard" in compare.stdout
 
 
 def test_readme_commands_and_keys_match_the_code():

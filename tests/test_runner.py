@@ -288,6 +288,20 @@ def test_wandb_logs_offline(tmp_path, monkeypatch):
     assert tables == {"examples", "errors"}
 
 
+def test_wandb_settings_from_the_config_reach_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    made = _spy_on_wandb(monkeypatch)
+    wandb = {"project": "p1", "tags": ["a", "b"], "notes": "why", "mode": "offline"}
+    config = load_config(SMOKE, {"wandb": wandb, "budget": 100})
+    EpisodeRunner(config, tmp_path / "wb").run()
+    run = made[0].run
+    assert (run.project, tuple(run.tags), run.notes) == ("p1", ("a", "b"), "why")
+    assert list((tmp_path / "wb").glob("wandb/offline-run-*"))
+    with pytest.raises(ConfigError, match="wandb"):
+        load_config(SMOKE, {"wandb": {"projekt": "p1"}})
+
+
 def test_wandb_is_offline_without_an_api_key(monkeypatch, tmp_path):
     from teachgym.experiments.tracking import wandb_mode
 
@@ -313,8 +327,11 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_wandb)
-    with pytest.raises(ConfigError, match=r"teachgym\[wandb\]"):
+    from teachgym.errors import MissingDependency
+
+    with pytest.raises(MissingDependency, match=r'pip install -e "\.\[wandb\]"'):
         _run(tmp_path, "nowb", wandb=True)
+    assert not (tmp_path / "nowb").exists()  # a failed start leaves nothing behind
 
 
 def _spy_on_wandb(monkeypatch) -> list:

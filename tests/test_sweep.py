@@ -104,4 +104,4 @@ def test_sweep_without_ray_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     code = main(["sweep", str(SMOKE), "--teachers", "uniform", "--out", str(tmp_path / "s")])
     assert code == 2
-    assert "pip install 'teachgym[ray]'" in capsys.readouterr().err
+    assert 'pip install -e ".[ray]"' in capsys.readouterr().err

@@ -15,16 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from teachgym.agents.llm.types import LLMCallError, RawReply, Sampling
-from teachgym.errors import ConfigError
+from teachgym.errors import ConfigError, MissingDependency
 
 
 def _import_openai() -> Any:
     try:
         import openai
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "OpenAIBackend needs the 'openai' package: pip install teachgym[llm]"
-        ) from err
+        raise MissingDependency("OpenAIBackend", "openai") from err
     return openai
 
 

