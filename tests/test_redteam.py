@@ -288,8 +288,80 @@ CLEANUP_ATTACKS = [
 
 # -- config files (item 6 of the issue) ------------------------------------------------------
 
+
+def config_refused(content: bytes, expected: str, as_value: bool = False) -> Callable[[], None]:
+    """The CLI, in this process, on a hostile config: exit 2, one short line, at once."""
+
+    def check() -> None:
+        import io
+        import time
+
+        from teachgym.experiments.cli import main
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "attack.yaml"
+            path.write_bytes(content)
+            argv = ["run", f"task_kwargs={content.decode()}"] if as_value else ["run", str(path)]
+            err = io.StringIO()
+            start = time.monotonic()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = main([*argv, "--out", str(Path(tmp) / "run")])
+            took = time.monotonic() - start
+        lines = err.getvalue().strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], err.getvalue()[:1000]
+        assert len(lines[0]) < 600 and took < 30, (len(lines[0]), took)
+
+    return check
+
+
+#: Nine levels of nine aliases: 9**9 strings if expanded (473 bytes of YAML).
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
 #: Config files that hang or flood the CLI: the CLI's own rows go here.
-CONFIG_ATTACKS: list[Attack] = []
+CONFIG_ATTACKS: list[Attack] = [
+    Attack(
+        "config-alias-bomb",
+        "a 473-byte alias bomb was still running at 60 s; 425 bytes took 4.0 GB and printed 312 MB",
+        config_refused(ALIAS_BOMB.encode(), "YAML aliases are not allowed"),
+    ),
+    Attack(
+        "config-alias-bomb-as-value",
+        "the same bomb as a key=value override",
+        config_refused(
+            ("{" + ALIAS_BOMB.replace("\n", ", ").rstrip(", ") + "}").encode(),
+            "YAML aliases are not allowed",
+            as_value=True,
+        ),
+    ),
+    Attack(
+        "config-10mb-value",
+        "a 10 MB string value was echoed whole on stderr",
+        config_refused(b"task: '" + b"x" * 10_000_000 + b"'\n", "limited to 1 MiB"),
+    ),
+    Attack(
+        "config-long-value",
+        "a long value was echoed whole in the error",
+        config_refused(b"task: '" + b"x" * 500_000 + b"'\n", "chars)"),
+    ),
+    Attack(
+        "config-undecodable",
+        "undecodable bytes printed a traceback (exit 1)",
+        config_refused(b"seed: \xff\xfe\n", "is not UTF-8 text"),
+    ),
+    Attack(
+        "config-syntax-error",
+        "a YAML syntax error printed a traceback (exit 1)",
+        config_refused(b"seed: [1, 2\n", "invalid YAML"),
+    ),
+    Attack(
+        "config-deep-nesting",
+        "(not reported: nesting deep enough to overflow the parser's recursion)",
+        config_refused(b"seed: " + b"[" * 50_000 + b"\n", "YAML"),
+    ),
+]
 
 
 ATTACKS = REWARD_ATTACKS + SANDBOX_ATTACKS + CLEANUP_ATTACKS + CONFIG_ATTACKS
@@ -304,3 +376,4 @@ def test_the_table_is_whole() -> None:
     names = [a.name for a in ATTACKS]
     assert len(set(names)) == len(names)
     assert len(REWARD_ATTACKS) == 8 and len(SANDBOX_ATTACKS) == 4 and len(CLEANUP_ATTACKS) == 4
+    assert len(CONFIG_ATTACKS) == 7
