@@ -448,6 +448,29 @@ def _run_tune(
     trainable = tune.with_resources(
         tune_trainable, tune.PlacementGroupFactory(bundles, strategy=strategy)
     )
+    # Tune builds a metrics table of its trials when it restores a sweep and when it
+    # ends, and warns about trials it has no result files for (those that finished
+    # before a resume): teachgym reads its own run directories instead, so that table
+    # and its warnings are noise here.
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis.level
+    analysis.setLevel(logging.ERROR)
+    try:
+        _fit(tune, out, spec, trials, trainable, resume, console, max_concurrent)
+    finally:
+        analysis.setLevel(level)
+
+
+def _fit(
+    tune: Any,
+    out: Path,
+    spec: SweepSpec,
+    trials: list[Trial],
+    trainable: Any,
+    resume: bool,
+    console: Console | None,
+    max_concurrent: int | None,
+) -> None:
     tune_dir = out / "tune"
     if resume and tune.Tuner.can_restore(str(tune_dir)):
         tuner = tune.Tuner.restore(

@@ -90,15 +90,33 @@ def local_modules(names: Iterable[str]) -> list[str]:
 
 
 def runtime_env_for(configs: Iterable[ExperimentConfig]) -> dict[str, Any]:
-    """The Ray runtime environment that lets workers import the configs' user components."""
+    """The Ray runtime environment that lets workers import the configs' user components,
+    and quiets Ray's own progress logs in them (:func:`quiet_worker_logs`)."""
     names = [
         getattr(c, key) for c in configs for key in ("task", "student", "generator", "teacher")
     ]
     modules = local_modules(names)
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"worker_process_setup_hook": f"{__name__}.quiet_worker_logs"}
     if modules:
         env["py_modules"] = modules
     return env
+
+
+#: Ray loggers whose INFO lines say what Ray is doing, not what the run is doing
+#: (a Tune trial restored from its checkpoint says so once per trial on resume).
+RAY_CHATTER = ("ray.tune", "ray.train")
+
+
+def quiet_worker_logs() -> None:
+    """In each Ray worker process: Ray's own progress logs at WARNING, not INFO.
+
+    Runs before any task or actor in the process (``worker_process_setup_hook``);
+    warnings and errors, and everything teachgym logs, still reach the driver.
+    """
+    import logging
+
+    for name in RAY_CHATTER:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def connect(runtime_env: Mapping[str, Any] | None = None) -> Any:

@@ -340,9 +340,18 @@ def test_a_killed_sweep_driver_resumes_to_the_same_leaderboard(tmp_path):
     assert 1 <= finished < 4, "the kill must land mid-sweep"
     assert not (killed / "leaderboard.json").exists()
     resume = [sys.executable, "-m", "teachgym.experiments.cli", "sweep", "--resume", "killed"]
-    subprocess.run(resume, cwd=tmp_path, env=_env(), check=True, capture_output=True)
+    done = subprocess.run(resume, cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
     assert (killed / "leaderboard.json").read_text() == (whole / "leaderboard.json").read_text()
     assert (killed / "paired.json").read_text() == (whole / "paired.json").read_text()
+    # Quiet, and a killed driver is one driver stop, not a trial failure.
+    output = done.stdout + done.stderr
+    for noise in ("Traceback", "FileNotFoundError", "SystemExit", "trial failure"):
+        assert noise not in output, output[-3000:]
+    assert "cached: read back from an earlier run" in done.stdout
+    report = json.loads((killed / "sweep.json").read_text())
+    assert report["driver_stops"] == 1
+    assert all(t["failures"] == [] and t["finished"] for t in report["trials"])
 
 
 def test_a_sweep_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path):
