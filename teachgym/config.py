@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from teachgym.errors import ConfigError
+from teachgym.profiles import apply_profile
 
 __all__ = [
     "ENV_IDS",
@@ -145,6 +146,11 @@ class ExperimentConfig(BaseModel):
         "`llm` teacher and generator when their own *_kwargs have no `llm`",
     )
     wandb: bool = False
+    profile: str | None = Field(
+        default=None,
+        description="a stress profile (teachgym.profiles: default, unlearnable, forgetting, "
+        "hidden, varied), applied when the config is built",
+    )
 
     def component_kwargs(self, kind: Literal["task", "generator", "teacher"]) -> dict[str, Any]:
         """``task_kwargs``, ``generator_kwargs`` or ``teacher_kwargs``, with the shared ``llm``
@@ -211,10 +217,15 @@ def build_config(
     base: Mapping[str, Any] | ExperimentConfig | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """Validate ``base`` with ``overrides`` applied; errors name the key and value."""
+    """Validate ``base`` with ``overrides`` applied; errors name the key and value.
+
+    A ``profile`` is applied here, over both (:func:`teachgym.profiles.apply_profile`).
+    """
     if isinstance(base, ExperimentConfig):
         base = base.model_dump()
     data = apply_overrides(dict(base or {}), dict(overrides or {}))
+    explicit = apply_overrides({}, dict(overrides or {}))
+    data = apply_profile(data, explicit, (base or {}).get("profile"), apply_overrides)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:

@@ -50,6 +50,12 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "llm": "teachgym.agents.policies.dispatch:llm_teacher",
         "text_focus": "teachgym.agents.policies.dispatch:text_focus_teacher",
         "tree_weakest": "teachgym.agents.policies.dispatch:tree_weakest_teacher",
+        # Bandits from the curriculum literature (agents/policies/bandits.py).
+        "tscl_window": "teachgym.agents.policies.dispatch:tscl_window_teacher",
+        "tscl_sampling": "teachgym.agents.policies.dispatch:tscl_sampling_teacher",
+        "exp3s": "teachgym.agents.policies.dispatch:exp3s_teacher",
+        "alp": "teachgym.agents.policies.dispatch:alp_teacher",
+        "ucb": "teachgym.agents.policies.dispatch:ucb_teacher",
     },
 }
 
