@@ -8,9 +8,10 @@ and a leaderboard can show which teachers break where:
 - ``default``: nothing changed.
 - ``unlearnable``: 8 extra skills whose answers are noise (``task_kwargs.noise_skills``):
   more than half of the skills cannot be learned, and data spent on them is wasted.
-- ``forgetting``: look-alike twins of two skills whose answers are written in
-  the other digit order (``task_kwargs.mirror``), so training a twin unlearns
-  its skill unless the teacher keeps rehearsing both.
+- ``forgetting``: a forgetting student (``student: tiny_forgetting``, see
+  :mod:`teachgym.students.forgetting`): after every 5th step's training the
+  weights move a quarter of the way back to their initial values, so skills
+  the teacher had taught are partly lost and must be noticed and taught again.
 - ``hidden``: difficulty hidden from the teacher (``task_kwargs.hide_difficulty``):
   anonymous skill names ``s0``, ``s1``, ... in an order shuffled by the
   episode seed, and every prompt the same length.
@@ -42,10 +43,10 @@ __all__ = ["PROFILES", "VARIED_WIDTHS", "apply_profile", "profile_overrides"]
 
 #: The student widths of the ``varied`` profile, chosen by ``seed % 3``.
 VARIED_WIDTHS = (64, 128, 256)
-#: The skills whose twins the ``forgetting`` profile adds: 2-digit skills without
-#: carries, so each twin is as easy as its skill in either digit order and what
-#: the student loses when one trains is the conflict, not the difficulty.
-FORGETTING_MIRROR = ["add/no_carry", "sub/no_borrow"]
+#: The ``forgetting`` profile's partial reset: every 5th step, a quarter of the way back
+#: to the initial weights. Measured on the default student trained to 0.77-0.95 per skill:
+#: a fraction of 0.1 costs a few points, 0.2 up to a third, 0.3 more than half, 0.5 all.
+FORGETTING = {"forget_every": 5, "forget_fraction": 0.25}
 #: The noise skills of the ``unlearnable`` profile (next to the default 7 skills).
 UNLEARNABLE_NOISE = 8
 
@@ -76,8 +77,14 @@ def _unlearnable(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _forgetting(data: Mapping[str, Any]) -> dict[str, Any]:
-    _task("forgetting")(data)
-    return {"task_kwargs.mirror": list(FORGETTING_MIRROR)}
+    if data.get("student", "tiny") not in ("tiny", "tiny_forgetting"):
+        raise ConfigError(
+            f"profile 'forgetting' makes the tiny student forget; it needs student: tiny, "
+            f"not {data.get('student')!r}"
+        )
+    return {"student": "tiny_forgetting"} | {
+        f"student_kwargs.{k}": v for k, v in FORGETTING.items()
+    }
 
 
 def _hidden(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,7 +93,7 @@ def _hidden(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _varied(data: Mapping[str, Any]) -> dict[str, Any]:
-    if data.get("student", "tiny") != "tiny":
+    if data.get("student", "tiny") not in ("tiny", "tiny_forgetting"):
         raise ConfigError(
             f"profile 'varied' sets the tiny student's width; it needs student: tiny, "
             f"not {data.get('student')!r}"

@@ -33,6 +33,8 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "tiny": "teachgym.students.tiny:tiny_student_for_task",
         "hf": "teachgym.students.hf:hf_student_from_pretrained",
         "smollm2": "teachgym.students.smollm2:smollm2_student",
+        # The tiny student partly reset every few steps (the `forgetting` profile).
+        "tiny_forgetting": "teachgym.students.forgetting:forgetting_tiny_student",
     },
     "generator": {
         "procedural": "teachgym.agents.generators.procedural:ProceduralGenerator",

@@ -276,10 +276,12 @@ class ArithmeticTask:
         mirror: skills that get a look-alike twin ``<skill>_mirror``: the same
             problems with the prompt prefixed by ``>`` and the answer written
             in the other digit order (most significant digit first under the
-            default ``lsd_first``). The twins share the operands and the
-            arithmetic and conflict in the output, so training one pulls the
-            other's answers towards its own order: a teacher that stops
-            rehearsing a skill while its twin trains sees it forgotten.
+            default ``lsd_first``): two skills whose prompts differ in one
+            character and whose answer rules conflict. (With the tiny student,
+            training a twin alone does make its skill's accuracy collapse, but
+            so does training any other single skill alone, so the ``forgetting``
+            profile uses a forgetting student instead; see
+            :mod:`teachgym.profiles`.)
         hide_difficulty: skill names become ``s0``, ``s1``, ... in an order
             shuffled by ``shuffle_seed``, and every prompt is left-padded with
             zeros to the length of the longest (``0047+85=`` next to
