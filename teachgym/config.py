@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from teachgym.errors import ConfigError
+from teachgym.profiles import apply_profile
 
 __all__ = [
     "ENV_IDS",
@@ -182,6 +183,12 @@ class ExperimentConfig(BaseModel):
             return None
         return WandbSettings() if self.wandb is True else self.wandb
 
+    profile: str | None = Field(
+        default=None,
+        description="a stress profile (teachgym.profiles: default, unlearnable, forgetting, "
+        "hidden, varied), applied when the config is built",
+    )
+
     def component_kwargs(self, kind: Literal["task", "generator", "teacher"]) -> dict[str, Any]:
         """``task_kwargs``, ``generator_kwargs`` or ``teacher_kwargs``, with the shared ``llm``
         spec added where a built-in component needs an LLM and names none, so one endpoint
@@ -312,10 +319,15 @@ def build_config(
     base: Mapping[str, Any] | ExperimentConfig | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """Validate ``base`` with ``overrides`` applied; errors name the key and value."""
+    """Validate ``base`` with ``overrides`` applied; errors name the key and value.
+
+    A ``profile`` is applied here, over both (:func:`teachgym.profiles.apply_profile`).
+    """
     if isinstance(base, ExperimentConfig):
         base = base.model_dump()
     data = apply_overrides(dict(base or {}), dict(overrides or {}))
+    explicit = apply_overrides({}, dict(overrides or {}))
+    data = apply_profile(data, explicit, (base or {}).get("profile"), apply_overrides)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:

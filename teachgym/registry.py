@@ -40,6 +40,8 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "tiny": "teachgym.students.tiny:tiny_student_for_task",
         "hf": "teachgym.students.hf:hf_student_from_pretrained",
         "smollm2": "teachgym.students.smollm2:smollm2_student",
+        # The tiny student partly reset every few steps (the `forgetting` profile).
+        "tiny_forgetting": "teachgym.students.forgetting:forgetting_tiny_student",
     },
     "generator": {
         "procedural": "teachgym.agents.generators.procedural:ProceduralGenerator",
@@ -57,6 +59,12 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "llm": "teachgym.agents.policies.dispatch:llm_teacher",
         "text_focus": "teachgym.agents.policies.dispatch:text_focus_teacher",
         "tree_weakest": "teachgym.agents.policies.dispatch:tree_weakest_teacher",
+        # Bandits from the curriculum literature (agents/policies/bandits.py).
+        "tscl_window": "teachgym.agents.policies.dispatch:tscl_window_teacher",
+        "tscl_sampling": "teachgym.agents.policies.dispatch:tscl_sampling_teacher",
+        "exp3s": "teachgym.agents.policies.dispatch:exp3s_teacher",
+        "alp": "teachgym.agents.policies.dispatch:alp_teacher",
+        "ucb": "teachgym.agents.policies.dispatch:ucb_teacher",
     },
 }
 

@@ -30,7 +30,7 @@ def _script(task: ArithmeticTask) -> list:
     fresh = list({p.prompt: p for p in fresh}.values())
     script = []
     for step in range(STEPS):
-        weights = [{"skill": "add/carry", "weight": 1.0}]
+        weights = {skill: 10 if skill == "add/carry" else 0 for skill in task.leaf_skills}
         script.append(
             json_reply({"analysis": "carries fail", "weights": weights}, match="Decide how")
         )

@@ -20,6 +20,7 @@ import pytest
 import teachgym  # noqa: F401  (registers the env ids)
 from teachgym import registry
 from teachgym.agents.llm import LLMClient, RawReply, Sampling, make_client
+from teachgym.agents.llm.schema import response_schema
 from teachgym.agents.policies import (
     LLMOpenEndedTeacher,
     LLMSkillListTeacher,
@@ -158,16 +159,17 @@ def test_a_skill_tree_observation_space_takes_unicode(fast):
 
 
 # -- SkillList ---------------------------------------------------------------
+def weights_reply(skills: Sequence[str], **weights: int) -> dict[str, Any]:
+    """A SkillList reply in the schema's shape: every skill, 0 unless given (keys with '/'
+    are passed as ``add__carry``)."""
+    given = {k.replace("__", "/"): v for k, v in weights.items()}
+    return {"analysis": "", "weights": {s: given.get(s, 0) for s in skills}}
+
+
 def test_skill_list_prompt_shows_accuracies_and_weights_become_the_action(fast):
     env = gym.make(LIST, **fast)
     skills = env.unwrapped.skills
-    weights = [
-        {"skill": "add/carry", "weight": 3.0},
-        {"skill": "No_Carry", "weight": 1.0},  # a unique last segment, any case
-        {"skill": "div/exact", "weight": 5.0},  # unknown: ignored
-        {"skill": "sub/borrow", "weight": -1.0},  # negative: ignored
-    ]
-    client, backend = scripted(js({"analysis": "", "weights": weights}))
+    client, backend = scripted(js(weights_reply(skills, add__carry=3, add__no_carry=1)))
     teacher = teacher_for(env, client)
     assert isinstance(teacher, LLMSkillListTeacher)
     obs, info = env.reset(seed=0)
@@ -177,30 +179,96 @@ def test_skill_list_prompt_shows_accuracies_and_weights_become_the_action(fast):
     prompt = backend.prompts[0]
     for skill, acc in zip(skills, obs["accuracy"], strict=True):
         assert f"{skill}: accuracy {acc:.3f}" in prompt
+        assert f'"{skill}": <0-10>' in prompt  # the reply's shape, every key shown
     assert info["errors"][0]["prompt"] in prompt
     assert env.action_space.contains(action) and action.dtype == np.float32
     assert action[skills.index("add/carry")] == 1.0
     assert action[skills.index("add/no_carry")] == pytest.approx(1 / 3)
     assert action.sum() == pytest.approx(4 / 3)  # nothing else got weight
-    assert teacher.last_stats["ignored"] == {"bad_weight": 1, "unknown_skill": 1}
+    assert teacher.last_stats["fallback"] is None
     _, _, _, _, step_info = env.step(action)
     assert step_info["requested"]["add/carry"] == 15
 
 
+def test_skill_list_reply_schema_has_exactly_the_skills_as_bounded_required_keys(fast):
+    env = gym.make(LIST, **fast)
+    skills = env.unwrapped.skills
+    teacher = teacher_for(env, scripted()[0], max_analysis_chars=120)
+    schema = response_schema(teacher.reply_model)
+    weights = schema["$defs"]["SkillWeights"]
+    assert list(weights["properties"]) == skills
+    assert weights["required"] == skills and weights["additionalProperties"] is False
+    for prop in weights["properties"].values():
+        assert prop["enum"] == list(range(11)) and prop["type"] == "integer"
+    assert schema["properties"]["analysis"]["maxLength"] == 120
+    assert schema["required"] == ["analysis", "weights"]
+    assert schema["additionalProperties"] is False
+    # Without an analysis the reply is the weights alone.
+    bare = response_schema(teacher_for(env, scripted()[0], max_analysis_chars=0).reply_model)
+    assert list(bare["properties"]) == ["weights"]
+    # min_weight=1 rules out the all-zero reply.
+    floor = response_schema(teacher_for(env, scripted()[0], min_weight=1).reply_model)
+    assert floor["$defs"]["SkillWeights"]["properties"]["cmp/3d"]["enum"] == list(range(1, 11))
+
+
 def test_skill_list_failures_fall_back_to_uniform(fast):
     env = gym.make(LIST, **fast)
+    skills = env.unwrapped.skills
+    missing = weights_reply(skills, add__carry=1)
+    del missing["weights"]["cmp/3d"]
     client, _ = scripted(
-        js({"analysis": "", "weights": [{"skill": "nope", "weight": 1}]}),
-        js({"analysis": "", "weights": "all of them"}),  # schema error
-        js({"analysis": "", "weights": [{"skill": "add/carry", "weight": 0}]}),
+        js(weights_reply(skills, add__carry=-1)),  # below the range
+        js({"analysis": "", "weights": "all of them"}),
+        js(missing),  # a skill left out
+        js(weights_reply(skills, add__carry=11)),  # out of range
+        js({**weights_reply(skills, add__carry=1), "weights": {**missing["weights"], "x": 1}}),
     )
     teacher = teacher_for(env, client)
     obs, info = env.reset(seed=0)
-    for reason in ("no_valid_weights", "llm_schema", "no_valid_weights"):
+    for reason in ["llm_schema"] * 5:
         action = teacher.act(obs, info)
-        assert action.tolist() == [1.0] * len(env.unwrapped.skills)
+        assert action.tolist() == [1.0] * len(skills)
         assert teacher.last_stats["fallback"] == reason
-    assert teacher.stats["fallbacks"] == {"llm_schema": 1, "no_valid_weights": 2}
+    assert teacher.stats["fallbacks"] == {"llm_schema": 5}
+
+
+def test_skill_list_all_zero_reply_is_the_envs_even_split(fast):
+    env = gym.make(LIST, **fast)
+    client, _ = scripted(js(weights_reply(env.unwrapped.skills)))
+    teacher = teacher_for(env, client)
+    obs, info = env.reset(seed=0)
+    assert teacher.act(obs, info).tolist() == [1.0] * len(env.unwrapped.skills)
+    assert teacher.last_stats["fallback"] is None
+    assert teacher.last_stats["ignored"] == {"all_zero": 1}
+
+
+def test_skill_list_teacher_sends_the_schema_over_http_with_the_stand_in(fast):
+    from tests.llm_standin import StandIn, json_reply
+
+    env = gym.make(LIST, **fast)
+    skills = env.unwrapped.skills
+    obs, info = env.reset(seed=0)
+    with StandIn([json_reply(weights_reply(skills, cmp__3d=4, sub__borrow=2))]) as server:
+        spec = {
+            "backend": "openai",
+            "model": "stand-in-model",
+            "base_url": server.base_url,
+            "api_key": "EMPTY",
+            "max_attempts": 1,
+            "timeout_s": 10,
+        }
+        teacher = registry.build("teacher", "llm", env=env, seed=0, llm=spec)
+        action = teacher.act(obs, info)
+    sent = server.requests[0]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True
+    weights = sent["json_schema"]["schema"]["$defs"]["SkillWeights"]
+    assert weights["required"] == skills and list(weights["properties"]) == skills
+    assert all(p["enum"] == list(range(11)) for p in weights["properties"].values())
+    assert weights["additionalProperties"] is False
+    assert action[skills.index("cmp/3d")] == 1.0
+    assert action[skills.index("sub/borrow")] == pytest.approx(0.5)
+    assert action.sum() == pytest.approx(1.5)
+    assert teacher.last_stats["fallback"] is None
 
 
 # -- SkillTree ---------------------------------------------------------------
@@ -285,7 +353,7 @@ def test_prompt_file_replaces_the_packaged_template(fast, tmp_path):
     env = gym.make(LIST, **fast)
     path = tmp_path / "mine.txt"
     path.write_text("ACC=$accuracy costs $$5\n$skill_table", encoding="utf-8")
-    client, backend = scripted(js({"analysis": "", "weights": []}))
+    client, backend = scripted(js(weights_reply(env.unwrapped.skills, cmp__3d=1)))
     teacher = teacher_for(env, client, prompt_file=str(path))
     obs, info = env.reset(seed=0)
     teacher.act(obs, info)
@@ -330,7 +398,7 @@ def test_resume_reproduces_actions_from_the_cache(env_id, fast, tmp_path):
     obs, info = env.reset(seed=0)
     replies = {
         OPEN: [js({"analysis": "", "plan": f"add/carry: {n}"}) for n in (3, 4)],
-        LIST: [js({"analysis": "", "weights": [{"skill": "cmp/3d", "weight": n}]}) for n in (1, 2)],
+        LIST: [js(weights_reply(env.unwrapped.skills, cmp__3d=1, add__carry=n)) for n in (1, 2)],
         TREE: [
             js(
                 {

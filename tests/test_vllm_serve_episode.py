@@ -111,9 +111,9 @@ def _config(base_url: str, cache_dir: Path) -> Any:
             "max_steps": STEPS,
             "threads": 1,
             "teacher": "llm",
-            # SmolLM2-135M fills the weights list with invented skill names until any
-            # max_tokens runs out (measured: cut at 768 and at 1200), so the teacher
-            # falls back (llm_length) whatever the limit; 256 makes that cheap.
+            # The reply schema (the skill names as keys, integer weights, an analysis of at
+            # most 300 characters) keeps SmolLM2's replies short; tests/test_vllm_teacher.py
+            # checks that it gives an action every step. 256 bounds a step's cost here.
             "teacher_kwargs": {"max_tokens": 256, "temperature": 0.7},
             "generator": "llm",
             "generator_kwargs": {

@@ -1,5 +1,12 @@
 """Teacher policies: what to teach next, given how the student is doing."""
 
+from teachgym.agents.policies.bandits import (
+    ALPTeacher,
+    EXP3STeacher,
+    TSCLSamplingTeacher,
+    TSCLWindowTeacher,
+    UCBTeacher,
+)
 from teachgym.agents.policies.base import SkillListTeacher, TeacherPolicy
 from teachgym.agents.policies.baselines import RandomTeacher, UniformTeacher, WeakestTeacher
 from teachgym.agents.policies.curriculum import CurriculumTeacher
@@ -19,13 +26,17 @@ from teachgym.agents.policies.llm import (
 )
 
 __all__ = [
+    "ALPTeacher",
     "CurriculumTeacher",
+    "EXP3STeacher",
     "LLMOpenEndedTeacher",
     "LLMSkillListTeacher",
     "LLMSkillTreeTeacher",
     "LearningProgressTeacher",
     "RandomTeacher",
     "SkillListTeacher",
+    "TSCLSamplingTeacher",
+    "TSCLWindowTeacher",
     "TeacherPolicy",
     "TextFocusTeacher",
     "TextRandomTeacher",
@@ -33,6 +44,7 @@ __all__ = [
     "TreeRandomTeacher",
     "TreeUniformTeacher",
     "TreeWeakestTeacher",
+    "UCBTeacher",
     "UniformTeacher",
     "WeakestTeacher",
 ]

@@ -53,7 +53,97 @@ def _with_minimum(shares: np.ndarray, mask: np.ndarray, minimum: float) -> np.nd
     return p / p.sum()
 
 
-class LearningProgressTeacher(SkillListTeacher):
+class ProgressTeacher(SkillListTeacher):
+    """Base for teachers that allocate by each skill's recent validation accuracies.
+
+    It keeps the last ``memory`` measured accuracies of every skill and sees
+    each evaluation once in the runner's ``act``/``step``/``update`` loop:
+    ``update`` records the new observation and ``act`` only records one it
+    has not seen (the first observation of an episode, or a runner that never
+    calls ``update``). Before an observation is recorded, :meth:`_learn` gets
+    it with the previous ones still in :attr:`history`, which is where a
+    bandit updates its estimates. Everything is cleared at episode end, since
+    ``reset`` restores the student's base weights. Subclasses write
+    :meth:`shares`, called once per ``act``, and extend the state through
+    ``super()``.
+    """
+
+    def __init__(self, env: Any, seed: int = 0, *, memory: int = 2) -> None:
+        super().__init__(env, seed)
+        self.memory = int(check_number("memory", memory, low=2, integer=True))
+        self.history: list[list[float]] = [[] for _ in self.skills]
+        # True when update() has already recorded the observation that act() will see,
+        # so the usual act/step/update loop does not count one evaluation twice.
+        self._seen_latest = False
+
+    def _learn(self, accuracy: np.ndarray) -> None:
+        """A new evaluation, before it joins :attr:`history` (a bandit's update)."""
+        return None
+
+    def _observe(self, accuracy: np.ndarray) -> None:
+        self._learn(accuracy)
+        for points, value in zip(self.history, accuracy, strict=True):
+            if np.isfinite(value):  # NaN = not measured this step: no point, no fake slope
+                points.append(float(value))
+                del points[: -self.memory]
+
+    def latest_accuracy(self) -> np.ndarray:
+        """The last measured accuracy per skill; NaN where none was measured."""
+        return np.array([points[-1] if points else np.nan for points in self.history])
+
+    def changes(self, accuracy: np.ndarray) -> np.ndarray:
+        """``accuracy`` minus the last measured accuracy, per skill; NaN where either is missing."""
+        return np.asarray(accuracy, dtype=np.float64) - self.latest_accuracy()
+
+    def shares(self) -> np.ndarray:
+        """Fractions of the next step's examples per skill (sum 1)."""
+        raise NotImplementedError
+
+    def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
+        accuracy = self._accuracy(observation)
+        if not self._seen_latest:
+            # First observation of an episode (or a runner that never calls update).
+            self._observe(accuracy)
+        self._seen_latest = False
+        return to_action(self.shares())
+
+    def _end_episode(self) -> None:
+        """Forget the episode: the next one starts from the base student."""
+        self.history = [[] for _ in self.skills]
+        self._seen_latest = False
+
+    def update(
+        self,
+        observation: Any,
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        info: Mapping[str, Any],
+    ) -> None:
+        if terminated or truncated:
+            self._end_episode()
+            return
+        self._observe(self._accuracy(observation))
+        self._seen_latest = True
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "history": [list(points) for points in self.history],
+            "seen_latest": self._seen_latest,
+        }
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        history = state.get("history")
+        if not isinstance(history, list) or len(history) != self.num_skills:
+            raise ValueError(
+                f"state['extra']['history'] must hold one list per skill ({self.num_skills}), "
+                f"got {history!r}"
+            )
+        self.history = [[float(v) for v in points][-self.memory :] for points in history]
+        self._seen_latest = bool(state.get("seen_latest", False))
+
+
+class LearningProgressTeacher(ProgressTeacher):
     """Most data to the skills whose validation accuracy is changing fastest.
 
     Each step, for every skill, the teacher fits a line to its last ``window``
@@ -120,33 +210,19 @@ class LearningProgressTeacher(SkillListTeacher):
         mastery: float = 0.95,
         replay: float = 0.05,
     ) -> None:
-        super().__init__(env, seed)
         self.window = int(check_number("window", window, low=2, integer=True))
+        super().__init__(env, seed, memory=self.window)
         self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
         self.epsilon = check_number("epsilon", epsilon, low=0.0, high=1.0)
         self.weakness = check_number("weakness", weakness, low=0.0)
         self.mastery = check_number("mastery", mastery, low=0.0, high=1.0)
         self.replay = check_number("replay", replay, low=0.0, high=1.0)
-        self.history: list[list[float]] = [[] for _ in self.skills]
-        # True when update() has already recorded the observation that act() will see,
-        # so the usual act/step/update loop does not count one evaluation twice.
-        self._seen_latest = False
-
-    def _observe(self, accuracy: np.ndarray) -> None:
-        for points, value in zip(self.history, accuracy, strict=True):
-            if np.isfinite(value):  # NaN = not measured this step: no point, no fake slope
-                points.append(float(value))
-                del points[: -self.window]
 
     def progress(self) -> np.ndarray:
         """|slope| per skill over the window; NaN where a skill has fewer than 2 points."""
         return np.array(
             [abs(_slope(points)) if len(points) >= 2 else np.nan for points in self.history]
         )
-
-    def latest_accuracy(self) -> np.ndarray:
-        """The last measured accuracy per skill; NaN where none was measured."""
-        return np.array([points[-1] if points else np.nan for points in self.history])
 
     def shares(self) -> np.ndarray:
         """Fractions of the next step's examples per skill (sum 1), from the history."""
@@ -160,42 +236,3 @@ class LearningProgressTeacher(SkillListTeacher):
         mixed = (1.0 - self.epsilon) * boltzmann + self.epsilon / k
         mastered = np.nan_to_num(acc, nan=-1.0) >= self.mastery
         return _with_minimum(mixed, mastered, self.replay)
-
-    def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
-        accuracy = self._accuracy(observation)
-        if not self._seen_latest:
-            # First observation of an episode (or a runner that never calls update).
-            self._observe(accuracy)
-        self._seen_latest = False
-        return to_action(self.shares())
-
-    def update(
-        self,
-        observation: Any,
-        reward: float,
-        terminated: bool,
-        truncated: bool,
-        info: Mapping[str, Any],
-    ) -> None:
-        if terminated or truncated:
-            self.history = [[] for _ in self.skills]
-            self._seen_latest = False
-            return
-        self._observe(self._accuracy(observation))
-        self._seen_latest = True
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {
-            "history": [list(points) for points in self.history],
-            "seen_latest": self._seen_latest,
-        }
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        history = state.get("history")
-        if not isinstance(history, list) or len(history) != self.num_skills:
-            raise ValueError(
-                f"state['extra']['history'] must hold one list per skill ({self.num_skills}), "
-                f"got {history!r}"
-            )
-        self.history = [[float(v) for v in points][-self.window :] for points in history]
-        self._seen_latest = bool(state.get("seen_latest", False))

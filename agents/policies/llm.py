@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
 from teachgym.agents.policies.base import SeededTeacher, SkillListTeacher, check_number, to_action
@@ -63,16 +63,44 @@ class PlanReply(BaseModel):
     plan: str = Field(max_length=4000)
 
 
-class SkillWeight(BaseModel):
-    skill: str = Field(max_length=200)
-    weight: float
+#: A SkillList reply gives every skill an integer weight from ``min_weight`` (0 by
+#: default) to MAX_WEIGHT. 0 lets a teacher leave a skill out; a reply of all zeros is
+#: the action the env reads as an even split (the SkillList action contract), so every
+#: reply the schema admits is an action. ``min_weight=1`` rules that reply out (every
+#: skill then gets at least a tenth of the most-weighted one's share).
+MAX_WEIGHT = 10
 
 
-class WeightsReply(BaseModel):
-    """SkillList: a weight per skill; only the ratios matter."""
+def skill_weights_model(
+    skills: Sequence[str], max_analysis_chars: int, min_weight: int = 0
+) -> type[BaseModel]:
+    """The SkillList reply model for ``skills``: a bounded analysis, then one weight per skill.
 
-    analysis: str = Field(max_length=2000)
-    weights: list[SkillWeight] = Field(max_length=256)
+    ``{"analysis": str (at most max_analysis_chars),
+    "weights": {skill: min_weight..MAX_WEIGHT, ...}}``
+    where ``weights`` has exactly the skill names as keys, all required, in skill order,
+    and each weight is an integer from a closed set (an ``enum`` in the JSON schema).
+    So the schema admits only valid actions, and a grammar-constrained server (vLLM's
+    structured outputs, strict OpenAI structured outputs) can only write one: no name to
+    misspell, no skill to leave out or repeat, no number that runs on digit after digit,
+    no string or list without an end. ``max_analysis_chars=0`` leaves the analysis out.
+    The ratios of the weights are the action; all zeros is an even split, as the env
+    reads an all-zero SkillList action.
+    """
+    weight: Any = Literal[tuple(range(min_weight, MAX_WEIGHT + 1))]
+    fields: dict[str, Any] = {
+        f"w{i}": (weight, Field(alias=skill, title=skill)) for i, skill in enumerate(skills)
+    }
+    weights = create_model(
+        "SkillWeights", __config__=ConfigDict(extra="forbid", frozen=True), **fields
+    )
+    reply: dict[str, Any] = {}
+    if max_analysis_chars > 0:
+        reply["analysis"] = (str, Field(max_length=max_analysis_chars))
+    reply["weights"] = (weights, ...)
+    return create_model(
+        "SkillListReply", __config__=ConfigDict(extra="forbid", frozen=True), **reply
+    )
 
 
 class NamedCount(BaseModel):
@@ -359,16 +387,21 @@ class LLMOpenEndedTeacher(_LLMTeacher, SeededTeacher):
 class LLMSkillListTeacher(_LLMTeacher, SkillListTeacher):
     """Reads per-skill accuracy and sampled errors, and asks for a weight per skill.
 
-    Skills in the reply are matched by path or by a unique last segment,
-    ignoring case; a skill named twice gets the sum; skills not named get
-    weight 0. Unknown names (``ignored["unknown_skill"]``) and negative or
-    non-finite weights (``ignored["bad_weight"]``) are dropped. Default action
-    on a failed request, or when no usable positive weight is left
-    (``fallback: no_valid_weights``): uniform (all ones).
+    The reply schema is built for the env's skills (:func:`skill_weights_model`):
+    an object with exactly the skill names as keys, each an integer weight from
+    ``min_weight`` to :data:`MAX_WEIGHT`, after an analysis of at most
+    ``max_analysis_chars`` characters. A grammar-constrained server can therefore
+    only return a valid action, and one that is not constrained has its reply
+    validated against the same schema (a reply that does not fit is ``fallback:
+    llm_schema``). A reply of all zeros is the env's even split (counted as
+    ``ignored["all_zero"]``, since the LLM expressed no preference). Default
+    action on a failed request: uniform (all ones).
 
     Template variables: ``$skill_table`` (skill, accuracy, examples so far),
     ``$skills``, ``$accuracy`` (mean), ``$errors`` (from ``info["errors"]``,
-    at most ``max_errors_shown``), ``$step``, ``$budget_left``, ``$step_size``.
+    at most ``max_errors_shown``), ``$step``, ``$budget_left``, ``$step_size``,
+    ``$reply_format`` (the reply's JSON shape with the skill names as keys),
+    ``$min_weight``, ``$max_weight`` and ``$max_analysis_chars``.
     """
 
     template_name = "skilllist.txt"
@@ -380,8 +413,11 @@ class LLMSkillListTeacher(_LLMTeacher, SkillListTeacher):
         "step",
         "budget_left",
         "step_size",
+        "reply_format",
+        "min_weight",
+        "max_weight",
+        "max_analysis_chars",
     )
-    reply_model = WeightsReply
 
     def __init__(
         self,
@@ -393,9 +429,30 @@ class LLMSkillListTeacher(_LLMTeacher, SkillListTeacher):
         temperature: float = 0.7,
         max_tokens: int = 1024,
         max_errors_shown: int = 12,
+        max_analysis_chars: int = 300,
+        min_weight: int = 0,
     ) -> None:
         SkillListTeacher.__init__(self, env, seed)
+        self.max_analysis_chars = int(
+            check_number("max_analysis_chars", max_analysis_chars, low=0, integer=True)
+        )
+        self.min_weight = int(
+            check_number("min_weight", min_weight, low=0, high=MAX_WEIGHT - 1, integer=True)
+        )
+        self.reply_model = skill_weights_model(
+            self.skills, self.max_analysis_chars, self.min_weight
+        )
         self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
+
+    def reply_format(self) -> str:
+        """The reply's JSON shape as the prompt shows it, keys in schema order."""
+        weights = ", ".join(f'"{skill}": <{self.min_weight}-{MAX_WEIGHT}>' for skill in self.skills)
+        analysis = (
+            f'"analysis": "<at most {self.max_analysis_chars} characters>", '
+            if self.max_analysis_chars
+            else ""
+        )
+        return "{" + analysis + '"weights": {' + weights + "}}"
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
         acc = self._accuracy(observation)
@@ -414,32 +471,23 @@ class LLMSkillListTeacher(_LLMTeacher, SkillListTeacher):
                 "step": info.get("step", self.caller.acts),
                 "budget_left": budget_left,
                 "step_size": min(x for x in (self.step_size, budget_left) if x is not None),
+                "reply_format": self.reply_format(),
+                "min_weight": self.min_weight,
+                "max_weight": MAX_WEIGHT,
+                "max_analysis_chars": self.max_analysis_chars,
             }
         )
         if reply is None:
             return np.ones(self.num_skills, dtype=np.float32)
-        weights = self.read_weights(reply.weights)
+        weights = self.read_weights(reply)
         if weights.sum() <= 0:
-            self.caller.fall_back("no_valid_weights")
-            return np.ones(self.num_skills, dtype=np.float32)
-        return to_action(weights)
+            self.caller.ignore({"all_zero": 1})
+        return to_action(weights)  # all zeros -> all ones: the env's even split
 
-    def read_weights(self, items: Sequence[SkillWeight]) -> np.ndarray:
-        """The reply's weights as a vector in skill order; drops are counted."""
-        lookup = name_lookup(self.skills)
-        index = {s: i for i, s in enumerate(self.skills)}
-        weights = np.zeros(self.num_skills)
-        ignored: Counter[str] = Counter()
-        for item in items:
-            skill = lookup.get(item.skill.strip().lower())
-            if skill is None:
-                ignored["unknown_skill"] += 1
-            elif not np.isfinite(item.weight) or item.weight < 0:
-                ignored["bad_weight"] += 1
-            else:
-                weights[index[skill]] += item.weight
-        self.caller.ignore(ignored)
-        return weights
+    def read_weights(self, reply: BaseModel) -> np.ndarray:
+        """The reply's weights as a vector in skill order (the schema has one per skill)."""
+        weights = reply.weights  # type: ignore[attr-defined]
+        return np.array([float(getattr(weights, f"w{i}")) for i in range(self.num_skills)])
 
     def _extra_state(self) -> dict[str, Any]:
         return {"llm": self.caller.state_dict()}

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -211,6 +213,28 @@ def _answer_length(skill: str) -> int:
     return len(_result(op, top, 9 if op == "*" else top if op == "+" else 0))
 
 
+#: A mirror twin's prompt starts with this character (see ``ArithmeticTask(mirror=...)``).
+#: It is in the alphabet, and it sits at the far end of the prompt from the answer, so the
+#: student has to carry the cue across the whole prompt to tell the twins apart.
+MIRROR_MARK = ">"
+#: A mirror twin's name: its skill's name plus this.
+MIRROR_SUFFIX = "_mirror"
+#: Noise skill ``noise/n<i>`` writes prompts ``a{o1}b{o2}c=`` with the i-th operator pair.
+NOISE_OPERATORS = tuple(a + b for a in "+-*?" for b in "+-*?")
+_NOISE = re.compile(r"(\d)([-+*?])(\d)([-+*?])(\d)=")
+#: The length of every noise prompt: that of a 2-digit addition, so length tells nothing.
+_NOISE_LENGTH = 6
+
+
+@dataclass(frozen=True)
+class _Skill:
+    """What one leaf of the task is: a family, a family's mirror twin, or a noise skill."""
+
+    kind: Literal["family", "mirror", "noise"]
+    family: str = ""  # the key of FAMILIES (family and mirror)
+    index: int = 0  # the noise skill's number
+
+
 class ArithmeticTask:
     """Skill-labelled arithmetic, scored by exact match.
 
@@ -236,6 +260,38 @@ class ArithmeticTask:
             length interference between 2- and 3-digit skills, where a
             curriculum matters.
 
+    Stress options (the ``profile`` config key sets them, see
+    :mod:`teachgym.profiles`; after TeachMyAgent's stress tests). Each adds
+    to the task without changing what the default task draws: with all of
+    them off, every problem and every sample is the same as without them.
+
+    Args:
+        noise_skills: extra skills ``noise/n0`` ... (at most 16) whose answers
+            are noise: a prompt ``a{o1}b{o2}c=`` (three one-digit numbers, the
+            i-th skill's operator pair, as long as a 2-digit addition) gets a
+            uniformly random digit as its answer, drawn afresh each time it is
+            sampled (and once, from ``split_seed``, for the evaluation items).
+            No student can do better than chance (0.1) on them, so data spent
+            on them is wasted.
+        mirror: skills that get a look-alike twin ``<skill>_mirror``: the same
+            problems with the prompt prefixed by ``>`` and the answer written
+            in the other digit order (most significant digit first under the
+            default ``lsd_first``): two skills whose prompts differ in one
+            character and whose answer rules conflict. (With the tiny student,
+            training a twin alone does make its skill's accuracy collapse, but
+            so does training any other single skill alone, so the ``forgetting``
+            profile uses a forgetting student instead; see
+            :mod:`teachgym.profiles`.)
+        hide_difficulty: skill names become ``s0``, ``s1``, ... in an order
+            shuffled by ``shuffle_seed``, and every prompt is left-padded with
+            zeros to the length of the longest (``0047+85=`` next to
+            ``457+168=``; a leading zero does not change a number), so neither
+            a name, the skill order nor a prompt's length tells a teacher which
+            skill is hard. The problems themselves are unchanged (the same
+            split, the same sampler; only the names, the order and the padding
+            differ). Not with ``pad_operands``.
+        shuffle_seed: the order of the skills under ``hide_difficulty``.
+
     >>> task = ArithmeticTask(skills=["add/carry", "cmp/3d"], val_per_skill=3, test_per_skill=3)
     >>> [p.skill for p in task.problems("val")]
     ['add/carry', 'add/carry', 'add/carry', 'cmp/3d', 'cmp/3d', 'cmp/3d']
@@ -255,6 +311,10 @@ class ArithmeticTask:
         split_seed: int = 1234,
         answer_order: str = "lsd_first",
         pad_operands: bool = False,
+        noise_skills: int = 0,
+        mirror: Sequence[str] = (),
+        hide_difficulty: bool = False,
+        shuffle_seed: int = 0,
     ) -> None:
         if answer_order not in ("lsd_first", "msd_first"):
             raise ValueError(
@@ -272,37 +332,114 @@ class ArithmeticTask:
             raise ValueError(f"pad_operands must be true or false, got {pad_operands!r}")
         self.pad_operands = pad_operands
         self._width = max(_operand_digits(skill) for skill in skills) if pad_operands else 0
-        self._skills = SkillTree(skills)
-        self._leaves = list(skills)
+        #: Every leaf under its own (canonical) name, in the order the splits are drawn.
+        self._specs: dict[str, _Skill] = dict(
+            [(s, _Skill("family", s)) for s in skills]
+            + self._stress_skills(
+                skills, noise_skills, mirror, hide_difficulty, shuffle_seed, pad_operands
+            )
+        )
         #: The longest answer any chosen skill can have (a student's decoding budget).
-        self.max_answer_length = max(_answer_length(skill) for skill in skills)
+        self.max_answer_length = max(
+            1 if spec.kind == "noise" else _answer_length(spec.family)
+            for spec in self._specs.values()
+        )
+        self._pad_to = 0  # hide_difficulty: the length every prompt is padded to
+        if hide_difficulty:
+            rng0 = np.random.default_rng(0)
+            self._pad_to = max(len(self._make(n, 1, rng0)[0][0]) for n in self._specs)
         rng = np.random.default_rng(split_seed)
-        self._splits: dict[str, list[Problem]] = {"val": [], "test": []}
-        for skill in skills:
+        splits: dict[str, dict[str, list[tuple[str, str]]]] = {"val": {}, "test": {}}
+        for name in self._specs:
             # Distinct prompts, val and test disjoint, drawn in order from split_seed.
             pool: list[tuple[str, str]] = []
             seen: set[str] = set()
             while len(pool) < val_per_skill + test_per_skill:
-                for prompt, answer in self._make(skill, val_per_skill + test_per_skill, rng):
+                for prompt, answer in self._make(name, val_per_skill + test_per_skill, rng):
                     if prompt not in seen and len(pool) < val_per_skill + test_per_skill:
                         seen.add(prompt)
                         pool.append((prompt, answer))
-            for split, items in (("val", pool[:val_per_skill]), ("test", pool[val_per_skill:])):
+            splits["val"][name] = pool[:val_per_skill]
+            splits["test"][name] = pool[val_per_skill:]
+        # What a teacher sees: the canonical names, or under hide_difficulty anonymous
+        # names in a shuffled order (the splits above are drawn in canonical order, so
+        # the problems are the same whatever the shuffle).
+        order = list(self._specs)
+        if hide_difficulty:
+            perm = np.random.default_rng(shuffle_seed).permutation(len(order))
+            order = [order[int(i)] for i in perm]
+            self._public = {name: f"s{i}" for i, name in enumerate(order)}
+        else:
+            self._public = {name: name for name in order}
+        self._canonical = {public: name for name, public in self._public.items()}
+        self._leaves = [self._public[name] for name in order]
+        self._skills = SkillTree(self._leaves)
+        self._splits: dict[str, list[Problem]] = {"val": [], "test": []}
+        for split, by_name in splits.items():
+            for name in order:
+                public = self._public[name]
                 self._splits[split] += [
-                    Problem(id=f"{split}/{skill}/{i}", skill=skill, prompt=p, answer=a)
-                    for i, (p, a) in enumerate(items)
+                    Problem(id=f"{split}/{public}/{i}", skill=public, prompt=p, answer=a)
+                    for i, (p, a) in enumerate(by_name[name])
                 ]
 
-    def _make(self, skill: str, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-        """``n`` (prompt, answer) pairs of ``skill``, written as this task writes them."""
-        op, family = FAMILIES[skill]
-        xs, ys = family(rng, n)
-        width, lsd = self._width, self.answer_order == "lsd_first"
-        out = []
-        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
-            answer = _result(op, x, y)
-            prompt = f"{x:0{width}d}{op}{y:0{width}d}=" if width else f"{x}{op}{y}="
-            out.append((prompt, answer[::-1] if lsd else answer))
+    @staticmethod
+    def _stress_skills(
+        skills: Sequence[str],
+        noise_skills: int,
+        mirror: Sequence[str],
+        hide_difficulty: bool,
+        shuffle_seed: int,
+        pad_operands: bool,
+    ) -> list[tuple[str, _Skill]]:
+        """The mirror twins and noise skills, after checking the stress options."""
+        if isinstance(noise_skills, bool) or not isinstance(noise_skills, int):
+            raise ValueError(f"noise_skills must be an integer, got {noise_skills!r}")
+        if not 0 <= noise_skills <= len(NOISE_OPERATORS):
+            raise ValueError(f"noise_skills must be 0..{len(NOISE_OPERATORS)}, got {noise_skills}")
+        if isinstance(mirror, str) or not all(isinstance(m, str) for m in mirror):
+            raise ValueError(f"mirror must be a list of skill names, got {mirror!r}")
+        bad = [m for m in mirror if m not in skills or FAMILIES[m][0] == "?"]
+        if bad or len(set(mirror)) != len(mirror):
+            raise ValueError(
+                f"mirror must name numeric skills of this task without repeats "
+                f"(comparisons have no digit order); got {list(mirror)!r} for skills {list(skills)}"
+            )
+        if not isinstance(hide_difficulty, bool):
+            raise ValueError(f"hide_difficulty must be true or false, got {hide_difficulty!r}")
+        if hide_difficulty and pad_operands:
+            raise ValueError(
+                "hide_difficulty pads prompts to one length itself; use it without pad_operands"
+            )
+        if isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int) or shuffle_seed < 0:
+            raise ValueError(f"shuffle_seed must be an integer >= 0, got {shuffle_seed!r}")
+        return [(m + MIRROR_SUFFIX, _Skill("mirror", m)) for m in mirror] + [
+            (f"noise/n{i}", _Skill("noise", index=i)) for i in range(noise_skills)
+        ]
+
+    def _make(self, name: str, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+        """``n`` (prompt, answer) pairs of skill ``name`` (canonical), as this task writes them."""
+        spec = self._specs[name]
+        if spec.kind == "noise":
+            a, b, c = rng.integers(0, 10, size=(3, n)).tolist()
+            o1, o2 = NOISE_OPERATORS[spec.index]
+            prompts = [f"{x}{o1}{y}{o2}{z}=" for x, y, z in zip(a, b, c, strict=True)]
+            answers = [str(d) for d in rng.integers(0, 10, size=n).tolist()]
+            out = list(zip(prompts, answers, strict=True))
+        else:
+            op, family = FAMILIES[spec.family]
+            xs, ys = family(rng, n)
+            width = self._width
+            # A mirror twin writes its answer in the other order.
+            lsd = (self.answer_order == "lsd_first") != (spec.kind == "mirror")
+            mark = MIRROR_MARK if spec.kind == "mirror" else ""
+            out = []
+            for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
+                answer = _result(op, x, y)
+                prompt = f"{x:0{width}d}{op}{y:0{width}d}=" if width else f"{x}{op}{y}="
+                out.append((mark + prompt, answer[::-1] if lsd else answer))
+        if self._pad_to:
+            out = [(prompt.rjust(self._pad_to, "0"), answer) for prompt, answer in out]
         return out
 
     @property
@@ -321,15 +458,30 @@ class ArithmeticTask:
     def score(self, problem: Problem, output: str) -> bool:
         return output.strip() == problem.answer
 
-    def _parse(self, prompt: str) -> tuple[int, str, int] | None:
-        """``(x, op, y)`` of a prompt written exactly as this task writes prompts, else None.
+    def _unpad(self, prompt: str) -> str | None:
+        """The prompt without the ``hide_difficulty`` padding; None if not padded as it must be."""
+        text = prompt.strip()
+        if not self._pad_to:
+            return text
+        if len(text) != self._pad_to:
+            return None
+        return text.lstrip("0")  # no operand of a family starts with 0
+
+    def _parse(self, prompt: str) -> tuple[int, str, int, bool] | None:
+        """``(x, op, y, mirrored)`` of a prompt written exactly as this task writes
+        prompts, else None.
 
         Exactly: no spaces, ``*`` not ``×``, and operands zero-padded to the
         task's width when ``pad_operands`` is on and without leading zeros
         when it is off; a prompt in another format would teach the student a
-        format it is never tested on.
+        format it is never tested on. ``mirrored``: the prompt carries the
+        mirror twins' mark.
         """
-        m = _PROMPT.fullmatch(prompt.strip())
+        text = self._unpad(prompt)
+        if text is None:
+            return None
+        mirrored = text.startswith(MIRROR_MARK)
+        m = _PROMPT.fullmatch(text[len(MIRROR_MARK) :] if mirrored else text)
         if m is None:
             return None
         a, op, b = m.groups()
@@ -339,17 +491,19 @@ class ArithmeticTask:
                     return None
             elif operand != str(int(operand)):
                 return None
-        return int(a), op, int(b)
+        return int(a), op, int(b), mirrored
 
     def check(self, prompt: str, answer: str) -> bool | None:
         """Is ``answer`` this task's answer to ``prompt``? ``None``: not a prompt it can read.
 
         Recomputes the result and writes it as the task does (least
-        significant digit first under ``answer_order="lsd_first"``), so an
-        answer in the wrong digit order is wrong. A subtraction below zero is
-        not readable (``None``): no family makes one, and the task has no
-        written form for a negative answer. Used by the ``llm`` generator to
-        drop wrong examples before the student trains on them.
+        significant digit first under ``answer_order="lsd_first"``, the other
+        order for a mirror twin), so an answer in the wrong digit order is
+        wrong. A subtraction below zero is not readable (``None``): no family
+        makes one, and the task has no written form for a negative answer.
+        Nor is a noise skill's prompt: its answer is noise. Used by the
+        ``llm`` generator to drop wrong examples before the student trains
+        on them.
 
         >>> task = ArithmeticTask(skills=["add/carry"], val_per_skill=1, test_per_skill=1)
         >>> task.check("457+168=", "526"), task.check("457+168=", "625"), task.check("4+", "8")
@@ -358,58 +512,105 @@ class ArithmeticTask:
         parsed = self._parse(prompt)
         if parsed is None:
             return None
-        x, op, y = parsed
+        x, op, y, mirrored = parsed
         if op == "-" and x < y:
             return None
+        if mirrored:
+            family = _family_of(op, x, y)
+            if family is None or family + MIRROR_SUFFIX not in self._specs:
+                return None
         result = _result(op, x, y)
-        expected = result[::-1] if self.answer_order == "lsd_first" else result
-        return answer.strip() == expected
+        lsd = (self.answer_order == "lsd_first") != mirrored
+        return answer.strip() == (result[::-1] if lsd else result)
 
     def skill_of(self, prompt: str) -> str | None:
-        """The family (a key of :data:`FAMILIES`) whose sampler can draw ``prompt``.
+        """The skill whose sampler can draw ``prompt``.
 
-        ``None`` when the prompt is not in this task's format or fits no
-        family. The family may be one this task instance did not choose.
+        Without stress options, the family (a key of :data:`FAMILIES`), which
+        may be one this task instance did not choose. A mirror twin's or a
+        noise skill's prompt gives that skill's name, and under
+        ``hide_difficulty`` the anonymous name; then a prompt of a skill this
+        task does not have gives ``None``, as does one not in this task's
+        format.
 
         >>> task = ArithmeticTask(skills=["add/carry"], val_per_skill=1, test_per_skill=1)
         >>> task.skill_of("47+85="), task.skill_of("41+35="), task.skill_of("3-5=")
         ('add/carry', 'add/no_carry', None)
         """
         parsed = self._parse(prompt)
-        return None if parsed is None else _family_of(parsed[1], parsed[0], parsed[2])
+        if parsed is None:
+            return self._noise_of(prompt)
+        x, op, y, mirrored = parsed
+        family = _family_of(op, x, y)
+        if family is None:
+            return None
+        if not mirrored and not self._pad_to:
+            return family
+        return self._public.get(family + MIRROR_SUFFIX if mirrored else family)
+
+    def _noise_of(self, prompt: str) -> str | None:
+        text = prompt.strip()
+        if self._pad_to:
+            head, text = text[:-_NOISE_LENGTH], text[-_NOISE_LENGTH:]
+            if len(head) + len(text) != self._pad_to or head.strip("0"):
+                return None
+        m = _NOISE.fullmatch(text)
+        if m is None:
+            return None
+        pair = m.group(2) + m.group(4)
+        return self._public.get(f"noise/n{NOISE_OPERATORS.index(pair)}")
 
     def format_description(self, skill: str) -> str:
         """How this task writes ``skill``'s prompts and answers, in words (no evaluation item)."""
-        op = FAMILIES[skill][0] if skill in FAMILIES else None
+        spec = self._specs.get(self._canonical.get(skill, skill))
+        op = FAMILIES[spec.family][0] if spec is not None and spec.kind != "noise" else None
         lines = [
             "A prompt is two whole numbers joined by one operator and ending with '=', "
             "with no spaces: '+' adds, '-' subtracts (never below zero), '*' multiplies, "
             "'?' compares.",
         ]
-        if self._width:
+        if spec is not None and spec.kind == "noise":
+            o1, o2 = NOISE_OPERATORS[spec.index]
+            lines = [
+                f"A prompt is three one-digit numbers joined by '{o1}' and '{o2}' and ending "
+                f"with '=', with no spaces (such as 4{o1}8{o2}1=); its answer is one digit."
+            ]
+        elif self._width:
             lines.append(
                 f"Every operand is written with exactly {self._width} digits, "
                 "padded with leading zeros."
             )
         else:
             lines.append("Operands are written without leading zeros.")
-        if op != "?":
-            if self.answer_order == "lsd_first":
-                lines.append(
-                    "A numeric answer is written with its digits REVERSED, least significant "
-                    "digit first: the answer to 457+168= (625) is written 526, and to 50+50= "
-                    "(100) is written 001."
-                )
-            else:
-                lines.append("A numeric answer is written as usual, most significant digit first.")
-        if op in (None, "?"):
-            lines.append("A comparison's answer is one of '<', '>' or '='.")
+        mirrored = spec is not None and spec.kind == "mirror"
+        if mirrored:
+            lines.append(f"The prompt starts with '{MIRROR_MARK}'.")
+        if spec is None or spec.kind != "noise":
+            if op != "?":
+                if (self.answer_order == "lsd_first") != mirrored:
+                    lines.append(
+                        "A numeric answer is written with its digits REVERSED, least significant "
+                        "digit first: the answer to 457+168= (625) is written 526, and to 50+50= "
+                        "(100) is written 001."
+                    )
+                else:
+                    lines.append(
+                        "A numeric answer is written as usual, most significant digit first."
+                    )
+            if op in (None, "?"):
+                lines.append("A comparison's answer is one of '<', '>' or '='.")
+        if self._pad_to:
+            lines.append(
+                f"Every prompt is then padded on the left with zeros to exactly {self._pad_to} "
+                "characters."
+            )
         return " ".join(lines)
 
     def sample(self, skill: str, n: int, rng: np.random.Generator) -> list[Problem]:
         """``n`` fresh training problems of ``skill`` (may repeat evaluation items;
         the environment's decontamination filter drops those)."""
-        if skill not in FAMILIES or skill not in self._leaves:
+        name = self._canonical.get(skill)
+        if name is None:
             raise ValueError(f"skill {skill!r} is not a leaf of this task: {self._leaves}")
         if n <= 0:
             return []
@@ -419,5 +620,5 @@ class ArithmeticTask:
             Problem.model_construct(
                 id=f"train/{skill}/{i}", skill=skill, prompt=prompt, answer=answer, metadata={}
             )
-            for i, (prompt, answer) in enumerate(self._make(skill, n, rng))
+            for i, (prompt, answer) in enumerate(self._make(name, n, rng))
         ]

@@ -1,0 +1,102 @@
+"""A forgetting student: any student, partly reset to its initial weights every few steps.
+
+TeachMyAgent's "forgetting student" stress test (Romac et al., ICML 2021)
+resets the learner now and then, so a teacher must notice that skills it
+had taught are gone and teach them again; a teacher that only chases
+progress on what is still being learned, or that decides once and for all
+what is mastered, falls behind. Here the reset is partial and without
+randomness: after every ``every``-th call to ``train`` the weights move a
+``fraction`` of the way back to the ones the student started the episode
+with (``w <- (1 - fraction) w + fraction w_init``), before the step's
+evaluation, so the teacher sees the loss in that step's observation. The
+optimizer state is kept, as a reset of the network alone would keep it.
+
+It wraps the student rather than changing it, so it works for every
+student class (the ``tiny_forgetting`` student of the registry is the tiny
+student wrapped) and needs nothing from the student but ``model`` (a torch
+module) and the :class:`~teachgym.students.Student` protocol. The count of
+``train`` calls is saved next to the student's own checkpoint, so a resumed
+run forgets at the same steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from teachgym.types import Example
+
+_STATE = "forgetting.json"
+
+
+class ForgettingStudent:
+    """``student`` with a partial reset after every ``every``-th ``train`` call."""
+
+    def __init__(self, student: Any, *, every: int = 4, fraction: float = 0.5) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"forget_every must be an integer >= 1, got {every!r}")
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise ValueError(f"forget_fraction must be a number in (0, 1], got {fraction!r}")
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"forget_fraction must be in (0, 1], got {fraction!r}")
+        model = getattr(student, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(
+                f"a forgetting student needs a student with a torch `model`; "
+                f"{type(student).__name__} has none"
+            )
+        self.student = student
+        self.every = every
+        self.fraction = float(fraction)
+        self._initial = {k: v.detach().clone() for k, v in model.named_parameters()}
+        self.trains = 0
+
+    def train(self, examples: Sequence[Example]) -> dict[str, Any]:
+        metrics = self.student.train(examples)
+        self.trains += 1
+        if self.trains % self.every == 0:
+            self.forget()
+        return metrics
+
+    def forget(self) -> None:
+        """Move every weight ``fraction`` of the way back to its start.
+
+        Over ``named_parameters``, which lists a tensor shared by two modules (tied
+        input and output embeddings) once, so no weight is moved twice.
+        """
+        with torch.no_grad():
+            for name, value in self.student.model.named_parameters():
+                value.lerp_(self._initial[name].to(value.device, value.dtype), self.fraction)
+
+    def reset(self) -> None:
+        self.student.reset()
+        self.trains = 0
+
+    def save(self, path: str | Path) -> None:
+        self.student.save(path)
+        (Path(path) / _STATE).write_text(json.dumps({"trains": self.trains}))
+
+    def load(self, path: str | Path) -> None:
+        self.student.load(path)
+        state = Path(path) / _STATE
+        self.trains = int(json.loads(state.read_text())["trains"]) if state.exists() else 0
+
+    def __getattr__(self, name: str) -> Any:
+        # predict, set_horizon, max_new_tokens, ...: the wrapped student's own.
+        if name == "student":  # not set yet (during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.student, name)
+
+
+def forgetting_tiny_student(
+    task: Any, seed: int = 0, *, forget_every: int = 4, forget_fraction: float = 0.5, **kwargs: Any
+) -> ForgettingStudent:
+    """Registry factory for ``student: tiny_forgetting``: the tiny student, forgetting."""
+    from teachgym.students.tiny import tiny_student_for_task
+
+    student = tiny_student_for_task(task, seed=seed, **kwargs)
+    return ForgettingStudent(student, every=forget_every, fraction=forget_fraction)
