@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from teachgym.students.tiny import tiny_student_for_task
 from teachgym.types import Example
 
 _STATE = "forgetting.json"
@@ -96,7 +97,5 @@ def forgetting_tiny_student(
     task: Any, seed: int = 0, *, forget_every: int = 4, forget_fraction: float = 0.5, **kwargs: Any
 ) -> ForgettingStudent:
     """Registry factory for ``student: tiny_forgetting``: the tiny student, forgetting."""
-    from teachgym.students.tiny import tiny_student_for_task
-
     student = tiny_student_for_task(task, seed=seed, **kwargs)
     return ForgettingStudent(student, every=forget_every, fraction=forget_fraction)

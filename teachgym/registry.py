@@ -84,6 +84,9 @@ FORWARDS: dict[str, str] = {
     "teachgym.students.tiny:make_tiny_student": "teachgym.students.hf:HFStudent",
     "teachgym.students.hf:hf_student_from_pretrained": "teachgym.students.hf:HFStudent",
     "teachgym.students.smollm2:smollm2_student": "teachgym.students.hf:HFStudent",
+    "teachgym.students.forgetting:forgetting_tiny_student": (
+        "teachgym.students.tiny:tiny_student_for_task"
+    ),
 }
 
 #: Methods every teacher must have (the :class:`~teachgym.agents.TeacherPolicy` protocol).
