@@ -109,6 +109,35 @@ class SkillDiscovery:
     stats: dict[str, Any]
 
 
+class SkillDiscoverer:
+    """A task's :class:`~teachgym.envs.tasks.dataset.SkillLabeller` on an LLM client:
+    :func:`discover_skills` with the client fixed (the assembly passes it the
+    process's shared client, so discovery, the teacher and the generator use one)."""
+
+    def __init__(self, client: LLMClient, **options: Any) -> None:
+        self.client = client
+        self.options = dict(options)
+
+    def label(
+        self,
+        problems: Sequence[Problem],
+        *,
+        max_skills: int,
+        dataset: str,
+        cache_dir: str | Path | None,
+        seed: int,
+    ) -> dict[str, str]:
+        return discover_skills(
+            problems,
+            self.client,
+            max_skills=max_skills,
+            dataset=dataset,
+            cache_dir=cache_dir,
+            seed=seed,
+            **self.options,
+        )
+
+
 def discover_skills(
     problems: Sequence[Problem],
     client: LLMClient,

@@ -12,21 +12,26 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from teachgym import registry
-from teachgym.agents.generators.base import GenerationContext, Generator, Plan
-from teachgym.config import ExperimentConfig, build_config
+from teachgym.agents.generators.base import (
+    GenerationContext,
+    Generator,
+    Plan,
+    ReportsShortfall,
+    ReportsStats,
+)
+from teachgym.config import ExperimentConfig
 from teachgym.envs.evaluation import build_report, score_outputs
 from teachgym.envs.filtering import ExampleFilter
 from teachgym.envs.skills import SkillTree
-from teachgym.envs.tasks.base import Split, Task
-from teachgym.runtime import set_torch_threads
-from teachgym.students.base import Student
+from teachgym.envs.tasks.base import Split, Task, TaskCapabilities
+from teachgym.students.base import Closable, HasHorizon, ScoresOwnShards, Student
 from teachgym.types import Allocation, EvalReport, Example, Prediction
 
 #: Printable ASCII with whitespace. No longer the charset of any space (see
@@ -108,74 +113,76 @@ class UnicodeText(spaces.Text):
     __hash__ = None  # type: ignore[assignment]
 
 
+@dataclass
+class Parts:
+    """The components an env is built from (see :mod:`teachgym.assembly`).
+
+    ``caps`` is what the task offers, read once; ``remote`` the Ray actors
+    (``backend: ray``) behind ``student`` and ``generator``, and
+    ``score_remotely`` whether the student's workers score their own
+    evaluation shards; ``clients`` the process's shared LLM clients (a
+    teacher built for this env uses them too).
+    """
+
+    task: Task
+    caps: TaskCapabilities
+    student: Any
+    generator: Any
+    remote: Any = None
+    score_remotely: bool = False
+    clients: Any = None
+
+    def close(self) -> None:
+        """Release what the parts hold: the Ray actors, or a local student's resources
+        (a vLLM evaluation engine and its weight directories)."""
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
+        elif isinstance(self.student, Closable):
+            self.student.close()
+
+
 class TeacherEnv(gym.Env):
     """Shared machinery for the teachgym environments (not registered itself).
 
     Subclasses implement :meth:`_read_action` (turn an action into a plan, or
-    raise ``ValueError`` without touching state), :meth:`_observation`, and may
+    raise ``ValueError`` without touching state), :meth:`observe`, and may
     override :meth:`_commit_plan`, :meth:`_extra_state` and
     :meth:`_load_extra_state` when the action changes env state (SkillTree).
 
+    The env builds nothing: it receives its components (``parts``) from the
+    assembly (:mod:`teachgym.assembly`), which ``gymnasium.make`` calls.
+
     Args:
-        config: an :class:`~teachgym.config.ExperimentConfig` or a mapping of
-            its keys; ``None`` uses the defaults.
-        task, student, generator: already-built components, overriding the
-            config's names (handy in tests and when components live in actors).
+        config: the experiment config (the env reads its budget, step size,
+            step limit, filter and decontamination settings).
+        parts: the task, student and generator, and what they hold.
         render_mode: ``None`` or ``"ansi"``.
-        **overrides: config keys, so ``gymnasium.make(id, budget=900)`` works.
     """
 
     # Declared as gymnasium.Env declares it (an instance-level annotation).
     metadata: dict[str, Any] = {"render_modes": ["ansi"]}  # noqa: RUF012
+    #: Which of the three envs this is (a teacher that acts on several reads it).
+    kind: str = "skill_list"
 
     def __init__(
-        self,
-        config: ExperimentConfig | Mapping[str, Any] | None = None,
-        *,
-        task: Task | None = None,
-        student: Student | None = None,
-        generator: Generator | None = None,
-        render_mode: str | None = None,
-        **overrides: Any,
+        self, config: ExperimentConfig, parts: Parts, *, render_mode: str | None = None
     ) -> None:
         super().__init__()
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        if not isinstance(config, ExperimentConfig) or not isinstance(parts, Parts):
+            raise TypeError(
+                f"{type(self).__name__} is built by teachgym.assembly (gymnasium.make or "
+                f"teachgym.assembly.make_env): it takes an ExperimentConfig and its Parts"
+            )
         self.render_mode = render_mode
-        self.config = build_config(config, overrides)
-        cfg = self.config
-        if cfg.threads is not None:
-            set_torch_threads(cfg.threads)
-        self.task: Task = task or registry.build("task", cfg.task, **cfg.component_kwargs("task"))
-        self._remote: Any = None
-        # Workers score with a task built from the config; a task object passed in
-        # may differ from that, so then the env scores with it itself.
-        self._score_remotely = task is None and student is None
-        if cfg.backend == "ray" and (student is None or generator is None):
-            # The student and the generator in Ray actors, behind proxies that
-            # implement the same protocols: nothing below changes.
-            from teachgym.distributed import RemoteComponents
-
-            self._remote = RemoteComponents(cfg)
-            student = student or self._remote.student
-            generator = generator or self._remote.generator
-        try:
-            self._build(cfg, student, generator)
-        except BaseException:
-            self.close()  # no actor outlives an env that failed to build
-            raise
-
-    def _build(self, cfg: ExperimentConfig, student: Any, generator: Any) -> None:
-        self.student: Student = student or registry.build(
-            "student", cfg.student, task=self.task, seed=cfg.seed, **cfg.student_kwargs
-        )
-        self.generator: Generator = generator or registry.build(
-            "generator",
-            cfg.generator,
-            task=self.task,
-            seed=cfg.seed,
-            **cfg.component_kwargs("generator"),
-        )
+        self.config = config
+        self.parts = parts
+        self.task: Task = parts.task
+        self.caps: TaskCapabilities = parts.caps
+        self.student: Student = parts.student
+        self.generator: Generator = parts.generator
         self.tree: SkillTree = self.task.skills.copy()
         self._val = self.task.problems("val")
         self._test = self.task.problems("test")
@@ -183,13 +190,22 @@ class TeacherEnv(gym.Env):
             raise ValueError(f"task {self.task.name!r} has an empty val or test split")
         self._filter = ExampleFilter(
             [p.prompt for p in self._val + self._test],
-            getattr(self.task, "alphabet", None),
-            dedup=cfg.dedup,
-            **cfg.decontamination.model_dump(),
+            self.caps.alphabet,
+            dedup=config.dedup,
+            **config.decontamination.model_dump(),
         )
-        set_horizon = getattr(self.student, "set_horizon", None)
-        if callable(set_horizon):
-            set_horizon(self.horizon)
+        if isinstance(self.student, HasHorizon):
+            self.student.set_horizon(self.horizon)
+        generator = self.generator
+        self._take_stats = generator.take_stats if isinstance(generator, ReportsStats) else None
+        self._shortfall_reasons = frozenset(
+            generator.shortfall_reasons if isinstance(generator, ReportsShortfall) else ()
+        )
+        self._predict_scored = (
+            self.student.predict_scored
+            if parts.score_remotely and isinstance(self.student, ScoresOwnShards)
+            else None
+        )
         self._started = False
         self._done = False
         self._episode_seed = 0
@@ -254,7 +270,7 @@ class TeacherEnv(gym.Env):
         self._report, self.last_predictions = self.evaluate("val")
         self._history = [self._report.accuracy]
         info = self._info(timings=Timings({"evaluate": time.perf_counter() - t0}))
-        return self._observation(), info
+        return self.observe(), info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Generate -> filter -> train -> evaluate; reward is the val accuracy gain.
@@ -290,8 +306,7 @@ class TeacherEnv(gym.Env):
         timings["generate"] = time.perf_counter() - t0
         # An LLM generator's client counters (requests, cache hits, failures, tokens) for
         # this step; any generator with ``take_stats`` reports, through a Ray proxy too.
-        take_stats = getattr(self.generator, "take_stats", None)
-        llm_stats = {"generator": take_stats()} if callable(take_stats) else None
+        llm_stats = {"generator": self._take_stats()} if self._take_stats is not None else None
 
         t0 = time.perf_counter()
         train_metrics = self.student.train(accepted) if accepted else {}
@@ -332,7 +347,7 @@ class TeacherEnv(gym.Env):
             test_report, _ = self.evaluate("test")
             info["test_accuracy"] = test_report.accuracy
             info["test_report"] = _report_dict(test_report)
-        return self._observation(), float(reward), terminated, truncated, info
+        return self.observe(), float(reward), terminated, truncated, info
 
     #: Generation rounds per step at most: later rounds ask only for what the
     #: filter dropped, so a step trains on what the plan asked for.
@@ -354,7 +369,7 @@ class TeacherEnv(gym.Env):
         nodes = set(self.tree.nodes) | set(plan_skills)
         data = StepData(
             requested=dict(plan.counts) if isinstance(plan, Allocation) else None,
-            shortfall_reasons=frozenset(getattr(self.generator, "shortfall_reasons", ())),
+            shortfall_reasons=self._shortfall_reasons,
         )
         taken: set[str] = set()
         round_plan: Plan = plan
@@ -393,10 +408,9 @@ class TeacherEnv(gym.Env):
         shards. The report comes from the pure :func:`build_report`.
         """
         problems = self._val if split == "val" else self._test
-        predict_scored = getattr(self.student, "predict_scored", None)
-        if self._score_remotely and callable(predict_scored):
+        if self._predict_scored is not None:
             # Ray workers decode and score their shards (see StudentProxy.predict_scored).
-            outputs, scores = predict_scored(problems)
+            outputs, scores = self._predict_scored(problems)
         else:
             outputs = self.student.predict(problems)
             scores = None
@@ -405,29 +419,22 @@ class TeacherEnv(gym.Env):
                 f"student returned {len(outputs)} outputs for {len(problems)} problems"
             )
         if scores is None:
-            scores = score_outputs(self.task, problems, outputs)
+            scores = score_outputs(self.caps, problems, outputs)
         return build_report(split, problems, outputs, scores, self.config.max_errors)
 
     def close(self) -> None:
-        """Release what the components hold: the Ray actors of ``backend: ray``, and a local
-        student's resources (a vLLM evaluation engine and its weight directories)."""
-        # Also called on a half-built env (a component failed to build): only what was
-        # built is released, so the error that stopped the build is the one reported.
-        remote = getattr(self, "_remote", None)
-        if remote is not None:
-            remote.close()
-            self._remote = None
-        else:
-            close = getattr(getattr(self, "student", None), "close", None)
-            if callable(close):
-                close()
+        """Release what the parts hold (:meth:`Parts.close`): Ray actors, a local
+        student's evaluation engine."""
+        parts = getattr(self, "parts", None)  # not set when the constructor failed early
+        if parts is not None:
+            parts.close()
         super().close()
 
     # -- hooks for subclasses ---------------------------------------------
     def _read_action(self, action: Any) -> Plan:
         raise NotImplementedError
 
-    def _observation(self) -> Any:
+    def observe(self) -> Any:
         raise NotImplementedError
 
     def _plan_skills(self, plan: Plan) -> Sequence[str]:

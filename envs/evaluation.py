@@ -14,25 +14,30 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
+from teachgym.envs.tasks.base import Task, TaskCapabilities
 from teachgym.types import ErrorCase, EvalReport, Prediction, Problem, SkillStats
 
 __all__ = ["build_report", "score_outputs"]
 
 
-def score_outputs(task: Any, problems: Sequence[Problem], outputs: Sequence[str]) -> list[bool]:
-    """Whether each output is right: ``task.score_batch`` if the task has it, else ``score``.
+def score_outputs(
+    task: Task | TaskCapabilities, problems: Sequence[Problem], outputs: Sequence[str]
+) -> list[bool]:
+    """Whether each output is right: ``score_batch`` if the task offers it
+    (:class:`~teachgym.envs.tasks.base.BatchScoring`), else ``score``.
 
+    ``task`` may be the task or its capabilities (read once by the caller).
     Raises ``ValueError`` when the lengths differ or the task's batch scorer
     returns the wrong number of verdicts: a silent ``zip`` would mis-assign
     scores to problems.
     """
+    caps = task if isinstance(task, TaskCapabilities) else TaskCapabilities.of(task)
+    task = caps.task
     if len(problems) != len(outputs):
         raise ValueError(f"{len(outputs)} outputs for {len(problems)} problems")
-    batch = getattr(task, "score_batch", None)
-    if callable(batch):
-        scores = [bool(s) for s in batch(list(problems), list(outputs))]
+    if caps.batch_scorer is not None:
+        scores = [bool(s) for s in caps.batch_scorer.score_batch(list(problems), list(outputs))]
         if len(scores) != len(problems):
             raise ValueError(
                 f"{type(task).__name__}.score_batch returned {len(scores)} scores "

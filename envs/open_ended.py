@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from teachgym.envs.base import TeacherEnv, UnicodeText, bad_text_chars, clean_text
+from teachgym.config import ExperimentConfig
+from teachgym.envs.base import Parts, TeacherEnv, UnicodeText, bad_text_chars, clean_text
 from teachgym.types import TextPlan
 
 OBSERVATION_MAX_CHARS = 8192
@@ -89,8 +90,10 @@ class OpenEndedEnv(TeacherEnv):
     20
     """
 
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
+    kind = "open_ended"
+
+    def __init__(self, config: ExperimentConfig, parts: Parts, **kwargs: Any) -> None:
+        super().__init__(config, parts, **kwargs)
         self.action_space = UnicodeText(max_length=PLAN_MAX_CHARS, min_length=1)
         self.observation_space = UnicodeText(max_length=OBSERVATION_MAX_CHARS, min_length=0)
 
@@ -113,7 +116,7 @@ class OpenEndedEnv(TeacherEnv):
             )
         return TextPlan(text=text)
 
-    def _observation(self) -> str:
+    def observe(self) -> str:
         report = self.report
         lines = [
             f"step {self._step_count} | validation accuracy {report.accuracy:.3f} | "

@@ -1,13 +1,20 @@
-"""Gymnasium registration of the three environments."""
+"""Gymnasium registration of the three environments (ids from :data:`teachgym.config.ENV_KINDS`)."""
 
 from __future__ import annotations
 
 import gymnasium as gym
 
-ENV_ENTRY_POINTS = {
-    "teachgym/SkillList-v0": "teachgym.envs.skill_list:SkillListEnv",
-    "teachgym/OpenEnded-v0": "teachgym.envs.open_ended:OpenEndedEnv",
-    "teachgym/SkillTree-v0": "teachgym.envs.skill_tree:SkillTreeEnv",
+from teachgym.config import ENV_KINDS
+
+#: The class of each env id (import paths: ``import teachgym`` imports no env module).
+ENV_CLASSES: dict[str, str] = {
+    ENV_KINDS["skill_list"]: "teachgym.envs.skill_list:SkillListEnv",
+    ENV_KINDS["open_ended"]: "teachgym.envs.open_ended:OpenEndedEnv",
+    ENV_KINDS["skill_tree"]: "teachgym.envs.skill_tree:SkillTreeEnv",
+}
+#: What ``gymnasium.make`` calls: the assembly, which builds the parts and then the env.
+ENV_ENTRY_POINTS: dict[str, str] = {
+    env_id: f"teachgym.assembly:make_{kind}" for kind, env_id in ENV_KINDS.items()
 }
 
 

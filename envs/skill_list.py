@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from teachgym.envs.base import TeacherEnv
+from teachgym.config import ExperimentConfig
+from teachgym.envs.base import Parts, TeacherEnv
 from teachgym.types import Allocation
 
 
@@ -87,8 +88,10 @@ class SkillListEnv(TeacherEnv):
     (True, False)
     """
 
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
+    kind = "skill_list"
+
+    def __init__(self, config: ExperimentConfig, parts: Parts, **kwargs: Any) -> None:
+        super().__init__(config, parts, **kwargs)
         k = len(self.skills)
         budget = float(self.config.budget)
         self.action_space = spaces.Box(0.0, 1.0, shape=(k,), dtype=np.float32)
@@ -121,7 +124,7 @@ class SkillListEnv(TeacherEnv):
             )
         return Allocation.from_weights(self.skills, weights, cap)
 
-    def _observation(self) -> dict[str, np.ndarray]:
+    def observe(self) -> dict[str, np.ndarray]:
         acc = self.report.skill_accuracy()
         return {
             "accuracy": np.array([acc.get(s, 0.0) for s in self.skills], dtype=np.float32),

@@ -9,7 +9,8 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import ValidationError
 
-from teachgym.envs.base import TeacherEnv, UnicodeText
+from teachgym.config import ExperimentConfig
+from teachgym.envs.base import Parts, TeacherEnv, UnicodeText
 from teachgym.envs.skills import SkillTree
 from teachgym.types import Allocation, TreeAction
 
@@ -149,8 +150,10 @@ class SkillTreeEnv(TeacherEnv):
     True
     """
 
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
+    kind = "skill_tree"
+
+    def __init__(self, config: ExperimentConfig, parts: Parts, **kwargs: Any) -> None:
+        super().__init__(config, parts, **kwargs)
         self._alloc: dict[str, int] = self._even_allocation(self.tree.leaves)
         # The action read by _read_action and its new standing allocation,
         # applied by _commit_plan only once the step has succeeded.
@@ -256,7 +259,7 @@ class SkillTreeEnv(TeacherEnv):
             )
         return rows
 
-    def _observation(self) -> dict[str, Any]:
+    def observe(self) -> dict[str, Any]:
         lines = []
         for row in self._node_rows():
             depth = row["skill"].count("/")

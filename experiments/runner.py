@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from teachgym import registry
+from teachgym import assembly
 from teachgym.config import ExperimentConfig, dump_config
 from teachgym.distributed import worker_failures
 from teachgym.errors import RunError, RunFailed
@@ -52,7 +52,7 @@ from teachgym.experiments.rundir import (
     write_jsonl,
 )
 from teachgym.experiments.stats import aulc
-from teachgym.runtime import default_threads, machine_fingerprint, seed_everything
+from teachgym.runtime import default_threads, machine_fingerprint
 
 __all__ = [
     "CHECKPOINT",
@@ -316,7 +316,7 @@ class EpisodeRunner:
         wandb_group: the wandb group of the run (a sweep's episodes share one).
         label: the name on the progress bar.
 
-    The config is checked (:func:`teachgym.registry.check_config`) and the
+    The config is checked (:func:`teachgym.assembly.check_config`) and the
     env and teacher are built before anything is written; a start that fails
     before the first checkpoint leaves no run files behind.
 
@@ -377,7 +377,7 @@ class EpisodeRunner:
         examples at all raises :class:`~teachgym.errors.RunFailed` after its
         summary is written.
         """
-        registry.check_config(self.config)
+        assembly.check_config(self.config)
         if not self.resume and self.run_dir.holds_run():
             raise RunError(
                 f"{str(self.out)!r} already holds a run; resume it with "
@@ -440,19 +440,13 @@ class EpisodeRunner:
         if elapsed_at_call is None:
             elapsed_at_call = float(saved["elapsed"]) if saved is not None else 0.0
         self._elapsed_at_call = elapsed_at_call
-        # Globals first, so that every component's construction is seeded.
-        seed_everything(self.config.seed)
         config = self.config.model_copy(update={"threads": self.threads})
+        # Process state first (threads, global seeds), so every construction is seeded.
+        assembly.prepare_process(config)
         created = False
         env = gym.make(config.env, config=config)
         try:
-            teacher = registry.build(
-                "teacher",
-                config.teacher,
-                env=env,
-                seed=config.seed,
-                **config.component_kwargs("teacher"),
-            )
+            teacher = assembly.build_teacher(config, env)
             self.skills = list(env.unwrapped.skills)
 
             def elapsed() -> float:
@@ -531,7 +525,7 @@ class EpisodeRunner:
         random.setstate(_tuplify(state["rng"]["python"]))
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(torch.load(ckpt / "torch_rng.pt", weights_only=True))
-        return EpisodeState(core._observation(), state["info"])
+        return EpisodeState(core.observe(), state["info"])
 
     def _warn_if_machine_differs(self, saved: Mapping[str, Any]) -> None:
         """Warn when this session's floats will differ from an uninterrupted run's:

@@ -49,7 +49,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from teachgym import registry
+from teachgym import assembly, registry
 from teachgym.config import (
     ExperimentConfig,
     build_config,
@@ -183,7 +183,7 @@ def plan_trials(
     """Every (teacher, grid point, seed), in that order, with configs validated now.
 
     Names, options and values of every trial are checked before any episode
-    runs (:func:`teachgym.registry.check_config`), so a typo, or a grid key
+    runs (:func:`teachgym.assembly.check_config`), so a typo, or a grid key
     that one of the teachers does not take, fails in a second instead of
     after hours of work.
     """
@@ -206,7 +206,7 @@ def plan_trials(
                 cfg = build_config(config, {**point, "teacher": teacher, "seed": seed})
                 if seed == 0:  # seeds differ only by seed: check each (teacher, point) once
                     try:
-                        registry.check_config(cfg)
+                        assembly.check_config(cfg)
                     except ConfigError as err:
                         raise ConfigError(f"trial {label}: {err}") from None
                 trials.append(Trial(label, seed, resolve_config(cfg)))

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 
+from teachgym.envs.tasks.base import AnswerLength, StopStrings
 from teachgym.vllm_support import VLLM_INSTALL, vllm_installed
 
 Mode = Literal["accumulate", "continual"]
@@ -92,13 +93,13 @@ def task_generation_defaults(task: Any, kwargs: dict[str, Any]) -> dict[str, Any
     evaluation would pay for it. One token is at least one character for the
     tokenizers in use, so the bound never cuts a correct answer. An explicit
     ``max_new_tokens`` in the student's config wins. A task's ``stop_strings``
-    are added to the config's ``stop``.
+    are added to the config's ``stop``. ``task`` may be ``None`` (a student
+    built on its own) or offer only these two protocols.
     """
     kwargs = dict(kwargs)
-    longest = getattr(task, "max_answer_length", None)
-    if longest is not None:
-        kwargs.setdefault("max_new_tokens", int(longest) + 1)
-    task_stops = getattr(task, "stop_strings", None) or ()
+    if isinstance(task, AnswerLength):
+        kwargs.setdefault("max_new_tokens", int(task.max_answer_length) + 1)
+    task_stops = tuple(task.stop_strings or ()) if isinstance(task, StopStrings) else ()
     if task_stops:
         stops = list(kwargs.get("stop", ()))
         kwargs["stop"] = stops + [s for s in task_stops if s not in stops]

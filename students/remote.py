@@ -1,9 +1,10 @@
 """A student in a Ray actor, and the proxy that makes it look local.
 
 :class:`StudentWorker` builds any :class:`~teachgym.students.base.Student`
-inside the actor from the config's names (so a user's ``my_pkg:MyStudent``
-is imported there, where the GPU is) and owns that process's state: torch's
-thread count and the global RNG. :class:`StudentProxy` implements the
+inside the actor, through the assembly's builder, from the config's names
+(so a user's ``my_pkg:MyStudent`` is imported there, where the GPU is); the
+builder also sets that process's state: torch's thread count and the global
+RNG. :class:`StudentProxy` implements the
 ``Student`` protocol in the driver by calling it, so the environment cannot
 tell the difference. Checkpoints travel as bytes: ``StudentProxy.save(path)``
 writes on the driver's disk what the worker saved on its own, which is how a
@@ -22,15 +23,14 @@ import io
 import os
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from teachgym import registry
-from teachgym.config import build_config
-from teachgym.runtime import seed_everything, set_torch_threads
+from teachgym.envs.evaluation import score_outputs
+from teachgym.envs.tasks.base import TaskCapabilities
 from teachgym.types import Example, Problem
 
 __all__ = ["StudentProxy", "StudentWorker", "pack_dir", "unpack_dir"]
@@ -61,20 +61,24 @@ class StudentWorker:
     """Builds and serves one student inside a Ray actor.
 
     Args:
+        build: called once in the actor as ``build(config, threads)``; returns the
+            task and the student (the assembly's builder, which also sets this
+            process's threads and seeds as the local runner does).
         config: the experiment config as a dict (``ExperimentConfig.model_dump()``).
         threads: torch threads for this process (from the actor's ``num_cpus``).
     """
 
-    def __init__(self, config: dict[str, Any], threads: int) -> None:
-        cfg = build_config(config)
-        set_torch_threads(threads)
-        seed_everything(cfg.seed)  # as the local runner does before building
-        task = registry.build("task", cfg.task, **cfg.component_kwargs("task"))
+    def __init__(
+        self,
+        build: Callable[[dict[str, Any], int], tuple[Any, Any]],
+        config: dict[str, Any],
+        threads: int,
+    ) -> None:
+        task, student = build(config, threads)
         #: Built from the same config as the driver's, so it scores as the driver would.
         self.task = task
-        self.student = registry.build(
-            "student", cfg.student, task=task, seed=cfg.seed, **cfg.student_kwargs
-        )
+        self.caps = TaskCapabilities.of(task)
+        self.student = student
 
     def ready(self) -> dict[str, Any]:
         """Where the worker runs and what evaluation batches it decodes in."""
@@ -96,12 +100,8 @@ class StudentWorker:
     def predict_scored(self, problems: Sequence[Problem]) -> tuple[list[str], list[bool]]:
         """Completions and their scores, both made here: scoring (a sandbox per program for
         the ``code`` task) runs on the evaluation workers' CPUs, not the driver's."""
-        # Local: teachgym.envs imports the students package (the Student protocol), so a
-        # module-level import here would make the two packages import each other.
-        from teachgym.envs.evaluation import score_outputs
-
         outputs = self.predict(problems)
-        return outputs, score_outputs(self.task, problems, outputs)
+        return outputs, score_outputs(self.caps, problems, outputs)
 
     def save_bytes(self) -> bytes:
         """The student's checkpoint, plus this process's torch RNG state, as bytes."""

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from teachgym.envs.tasks.base import TaskCapabilities
 from teachgym.students.hf import HFStudent, Mode, task_generation_defaults
 from teachgym.students.tokenizer import build_char_tokenizer
 
@@ -95,11 +96,11 @@ def make_tiny_student(
 
 def tiny_student_for_task(task: Any, seed: int = 0, **kwargs: Any) -> HFStudent:
     """Registry factory for ``student: tiny``: the vocabulary is the task's alphabet."""
-    alphabet = getattr(task, "alphabet", None)
-    if not alphabet:
-        raise ValueError(
-            f"the tiny student needs a task with an 'alphabet'; {type(task).__name__} has none"
-        )
+    alphabet = TaskCapabilities.of(task).require("alphabet", "the tiny student")
     # Decode no further than the longest answer (plus its eos), and stop where
     # the task says: the same rule as every pretrained student's.
     return make_tiny_student(alphabet, seed=seed, **task_generation_defaults(task, kwargs))
+
+
+#: What the factory needs of a task (checked by the assembly before anything is built).
+tiny_student_for_task.requires = ("alphabet",)  # type: ignore[attr-defined]

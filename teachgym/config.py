@@ -16,13 +16,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from teachgym.errors import ConfigError
 from teachgym.profiles import apply_profile
 
 __all__ = [
     "ENV_IDS",
+    "ENV_KINDS",
     "ConfigError",
     "ExperimentConfig",
     "Resources",
@@ -42,7 +50,14 @@ __all__ = [
     "short",
 ]
 
-ENV_IDS = ("teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0")
+#: The three envs: their kind (what a teacher class acts on) and their gymnasium id.
+#: Every other table of envs (registration, teacher dispatch) is built from this one.
+ENV_KINDS: dict[str, str] = {
+    "skill_list": "teachgym/SkillList-v0",
+    "open_ended": "teachgym/OpenEnded-v0",
+    "skill_tree": "teachgym/SkillTree-v0",
+}
+ENV_IDS = tuple(ENV_KINDS.values())
 
 
 class RoleResources(BaseModel):
@@ -136,9 +151,7 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    env: Literal["teachgym/SkillList-v0", "teachgym/OpenEnded-v0", "teachgym/SkillTree-v0"] = (
-        "teachgym/SkillList-v0"
-    )
+    env: str = Field(default=ENV_IDS[0], description=f"one of {', '.join(ENV_IDS)}")
     seed: int = Field(default=0, ge=0)
     task: str = "arithmetic"
     task_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -205,6 +218,13 @@ class ExperimentConfig(BaseModel):
             kwargs["llm"] = dict(self.llm)
         return kwargs
 
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, value: str) -> str:
+        if value not in ENV_IDS:
+            raise ValueError(f"Input should be one of {', '.join(map(repr, ENV_IDS))}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         if self.examples_per_step > self.budget:
@@ -227,7 +247,7 @@ def short(value: Any, limit: int = VALUE_CHARS) -> str:
     expansion); an error line must stay one readable line.
 
     >>> short("x" * 500, limit=10)
-    "'xxxxxxxxx… (502 chars)"
+    "'xxxxxxxx… (502 chars)"
     """
     text = repr(value)
     if len(text) <= limit:

@@ -13,8 +13,8 @@ imports it until a Ray backend or a sweep is asked for.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
+import logging
 import os
 import sys
 import sysconfig
@@ -108,15 +108,32 @@ RAY_CHATTER = ("ray.tune", "ray.train")
 
 
 def quiet_worker_logs() -> None:
-    """In each Ray worker process: Ray's own progress logs at WARNING, not INFO.
+    """In each Ray worker process: Ray's own progress logs at WARNING, not INFO,
+    and no traceback for the exit that Ray's SIGTERM handler raises.
 
     Runs before any task or actor in the process (``worker_process_setup_hook``);
     warnings and errors, and everything teachgym logs, still reach the driver.
+    Ray stops a worker (a sweep's driver killed, a cluster shutting down) with
+    SIGTERM, whose handler raises ``SystemExit``; when the signal lands inside
+    a weakref callback Python cannot propagate it and prints it as an
+    "unraisable" traceback, which the driver forwards. That one is dropped;
+    every other unraisable exception is printed as before.
     """
-    import logging
-
     for name in RAY_CHATTER:
         logging.getLogger(name).setLevel(logging.WARNING)
+    sys.unraisablehook = _UnraisableFilter(sys.unraisablehook)
+
+
+class _UnraisableFilter:
+    """``sys.unraisablehook`` that drops ``SystemExit`` and passes the rest on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        self.inner(unraisable)
 
 
 def connect(runtime_env: Mapping[str, Any] | None = None) -> Any:
@@ -298,50 +315,3 @@ def place(roles: list[RolePlacement], config: ExperimentConfig) -> Placement:
 
 def _key(role: str) -> str:
     return "evaluation" if role.startswith("evaluation_") else role
-
-
-class RemoteComponents:
-    """The actors of one episode (student, generator, evaluators) and their proxies.
-
-    ``close`` kills every actor and releases the placement group; the
-    environment calls it from ``env.close()``.
-    """
-
-    def __init__(self, config: ExperimentConfig) -> None:
-        from teachgym.agents.generators.remote import GeneratorProxy, GeneratorWorker
-        from teachgym.students.remote import StudentProxy, StudentWorker
-
-        ray = connect(runtime_env_for([config]))
-        self.roles = role_bundles(config)
-        self.actors: list[Any] = []
-        self.placement = place(self.roles, config)
-        data = config.model_dump(mode="json")
-        try:
-            handles = {}
-            for role in self.roles:
-                cls = GeneratorWorker if role.role == "generator" else StudentWorker
-                options: dict[str, Any] = {
-                    "num_cpus": role.num_cpus,
-                    "num_gpus": role.num_gpus,
-                    "scheduling_strategy": self.placement.strategy(role.role),
-                    "max_restarts": 0,
-                }
-                if role.memory:
-                    options["memory"] = role.memory
-                actor = ray.remote(cls).options(**options).remote(data, role.threads)
-                self.actors.append(actor)
-                handles[role.role] = actor
-            evaluators = [handles[r.role] for r in self.roles if r.role.startswith("evaluation_")]
-            self.student = StudentProxy(handles["student"], evaluators)
-            self.generator = GeneratorProxy(handles["generator"])
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        ray = require_ray()
-        for actor in self.actors:
-            with contextlib.suppress(Exception):  # an actor that died already
-                ray.kill(actor, no_restart=True)
-        self.actors.clear()
-        self.placement.release()

@@ -104,6 +104,11 @@ def names(kind: Kind) -> list[str]:
     return sorted(_BUILTIN[kind])
 
 
+def load(target: str) -> Any:
+    """The object behind an import path ``package.module:attr``."""
+    return _import(target)
+
+
 def _import(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     obj: Any = importlib.import_module(module_name)
@@ -350,7 +355,10 @@ def _require(what: str, modules: tuple[str, ...]) -> None:
             raise MissingDependency(what, module)
 
 
-def check_config(config: ExperimentConfig) -> None:
+def check_config(
+    config: ExperimentConfig,
+    kinds: tuple[str, ...] = ("task", "student", "generator", "teacher"),
+) -> None:
     """Everything about ``config`` that can be checked without building anything.
 
     Every component name resolves (or is a one-line error naming the nearest
@@ -358,9 +366,11 @@ def check_config(config: ExperimentConfig) -> None:
     the right type, the teacher has the protocol's methods and takes ``env``
     and ``seed`` (and acts on the config's env), and the optional packages
     the config needs are installed. A run, a comparison and every trial of a
-    sweep call this before any work starts.
+    sweep call this before any work starts; ``gymnasium.make`` checks the
+    components it builds (``kinds``: not the teacher, and not a component
+    passed in prebuilt).
     """
-    for kind in ("task", "student", "generator", "teacher"):
+    for kind in kinds:
         name = getattr(config, kind)
         kwargs = config.student_kwargs if kind == "student" else config.component_kwargs(kind)
         _require(f"{kind} {name!r}", REQUIRES.get((kind, name), ()))

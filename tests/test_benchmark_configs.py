@@ -20,8 +20,8 @@ import pytest
 from llm_standin import StandIn, json_reply
 from test_decontamination import _NullStudent
 
+from teachgym.assembly import make_env
 from teachgym.config import default_config_path, load_config
-from teachgym.envs.skill_list import SkillListEnv
 from teachgym.experiments.runner import EpisodeRunner, read_jsonl
 from teachgym.sandbox import isolation_available
 
@@ -62,14 +62,14 @@ def test_gsm8k_config_discovers_skills_with_its_llm_and_caches_them(tmp_path):
             "task_kwargs.discovery": {"max_skills": 4, "cache_dir": str(tmp_path / "skills")},
         }
         config = load_config(CONFIGS / "gsm8k_cpu.yaml", overrides)
-        env = SkillListEnv(config, student=_NullStudent())
+        env = make_env("teachgym/SkillList-v0", config, student=_NullStudent())
         assert env.skills == ["add_and_subtract", "rates_and_ratios"]
         by_skill = {p.skill for p in env.task.problems("val") + env.task.problems("test")}
         assert by_skill <= set(env.skills) and len(by_skill) == 2
         assert server.remaining == 0 and len(server.requests) == 2
         env.close()
         # Another build (a rerun, a Ray worker) finds the skills on disk: no request.
-        again = SkillListEnv(config, student=_NullStudent())
+        again = make_env("teachgym/SkillList-v0", config, student=_NullStudent())
         assert again.skills == env.skills and len(server.requests) == 2
         again.close()
     assert len(list((tmp_path / "skills").glob("skills-gsm8k-*.json"))) == 1

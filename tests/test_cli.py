@@ -329,7 +329,7 @@ def test_version_list_and_configs_by_name(tmp_path):
         assert f"\n{heading}\n" in f"\n{listing.stdout}"
     assert "curriculum" in listing.stdout and "teachgym/SkillTree-v0" in listing.stdout
     configs = teachgym("list", "configs", cwd=tmp_path)
-    assert "smoke" in configs.stdout and "teachers" not in configs.stdout
+    assert "smoke" in configs.stdout and "\nteachers\n" not in f"\n{configs.stdout}"
     wrong = one_line_error(teachgym("run", "smok", cwd=tmp_path))
     assert "did you mean 'smoke'?" in wrong
 

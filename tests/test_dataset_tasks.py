@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import teachgym.agents.llm as llm_pkg
 from teachgym.envs.tasks.answers import (
     extract_boxed,
     extract_final_number,
@@ -389,31 +388,29 @@ def test_skills_none_mapping_and_slugs(gsm_dir: Path) -> None:
         slugify_skill(" ?! ")
 
 
-def test_discovered_skills(gsm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_discovered_skills(gsm_dir: Path) -> None:
     calls: list[dict[str, Any]] = []
 
-    def discover_skills(problems: list[Any], client: Any, **kwargs: Any) -> dict[str, str]:
-        calls.append({"ids": [p.id for p in problems], "client": client, **kwargs})
-        # Leave one val problem unlabelled; label by whether the answer is even.
-        out = {}
-        for p in problems[1:]:
-            out[p.id] = "Even answers" if int(float(p.metadata["final_answer"])) % 2 == 0 else "odd"
-        return out
+    class Labeller:
+        """Leaves one val problem unlabelled; labels the rest by the answer's parity."""
 
-    fake = types.ModuleType("teachgym.agents.skill_discovery")
-    fake.discover_skills = discover_skills  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "teachgym.agents.skill_discovery", fake)
-    monkeypatch.setattr(llm_pkg, "make_client", lambda spec: ("client", dict(spec)))
+        def label(self, problems: list[Any], **kwargs: Any) -> dict[str, str]:
+            calls.append({"ids": [p.id for p in problems], **kwargs})
+            out = {}
+            for p in problems[1:]:
+                even = int(float(p.metadata["final_answer"])) % 2 == 0
+                out[p.id] = "Even answers" if even else "odd"
+            return out
+
     task = GSM8KTask(
         gsm_dir,
         val_size=3,
         skills="discovered",
-        llm={"model": "m"},
+        llm=Labeller(),
         discovery={"max_skills": 4, "cache_dir": "/tmp/x"},
         discovery_train_items=5,
     )
     (call,) = calls
-    assert call["client"] == ("client", {"model": "m"})
     assert call["max_skills"] == 4 and call["cache_dir"] == "/tmp/x" and call["dataset"] == "gsm8k"
     assert call["seed"] == task.split_seed
     evaluation = [p.id for p in task.problems("val") + task.problems("test")]
@@ -434,9 +431,10 @@ def test_discovered_skills(gsm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> No
     fallback = task.sample("other", 3, rng)
     assert all(p.metadata.get("skill_fallback") and p.skill == "other" for p in fallback)
     with pytest.raises(ValueError, match="unknown key 'rounds'"):
-        GSM8KTask(
-            gsm_dir, val_size=3, skills="discovered", llm={"model": "m"}, discovery={"rounds": 2}
-        )
+        GSM8KTask(gsm_dir, val_size=3, skills="discovered", llm=Labeller(), discovery={"rounds": 2})
+    # A raw spec is not a labeller: the message says what builds one.
+    with pytest.raises(ValueError, match="SkillDiscoverer"):
+        GSM8KTask(gsm_dir, val_size=3, skills="discovered", llm={"model": "m"})
 
 
 def test_sample_draws_only_train_pool(gsm_dir: Path) -> None:

@@ -472,14 +472,15 @@ class _NearCopies:
 
 @pytest.mark.parametrize("rules", ["on", "off"])
 def test_env_applies_the_configured_decontamination(rules: str) -> None:
-    from teachgym.envs.skill_list import SkillListEnv
+    from teachgym.assembly import make_env
     from teachgym.envs.tasks.gsm8k import GSM8KTask
 
     task = GSM8KTask(
         Path(__file__).parent / "fixtures" / "gsm8k_small.jsonl", val_size=4, test_size=4
     )
     off = {"ngram": None, "overlap": None}
-    env = SkillListEnv(
+    env = make_env(
+        "teachgym/SkillList-v0",
         task=task,
         student=_NullStudent(),
         generator=_NearCopies(),

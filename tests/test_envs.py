@@ -251,19 +251,17 @@ def test_the_procedural_generator_honours_max_examples():
 
 
 def test_info_shows_per_skill_what_the_teacher_paid_for(fast):
-    env = gym.make("teachgym/SkillList-v0", **fast)
-    env.reset(seed=0)
-    core = env.unwrapped
-    val = core.task.problems("val")
     src = Provenance(generator="test")
 
     class Leaky:
-        """In its first round, half of its examples are validation items."""
+        """In its first round, half of its examples are validation items; every round it
+        reports 3 of an event-type reason of its own (summed over rounds)."""
 
         name = "leaky"
 
         def generate(self, plan, context):
             r = context.extra["round"]
+            val = context.task.problems("val")
             out = []
             for i, p in enumerate(val[: context.max_examples]):
                 leak = r == 0 and i % 2
@@ -271,7 +269,8 @@ def test_info_shows_per_skill_what_the_teacher_paid_for(fast):
                 out.append(Example(prompt=prompt, completion="2", skill=p.skill, source=src))
             return out, {"space_exhausted": 3}
 
-    core.generator = Leaky()
+    env = gym.make("teachgym/SkillList-v0", generator=Leaky(), **fast)
+    env.reset(seed=0)
     _, _, _, _, info = env.step(np.ones(7, dtype=np.float32))
     by_skill = info["examples_by_skill"]
     # Round 1 made 20 and lost 10 to decontamination; round 2 made the 10 missing.

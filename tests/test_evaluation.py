@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from teachgym.assembly import make_env
 from teachgym.envs.evaluation import build_report, score_outputs
-from teachgym.envs.skill_list import SkillListEnv
+from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.arithmetic import ArithmeticTask
 from teachgym.types import Problem
 
@@ -57,9 +58,15 @@ def test_build_report_refuses_mismatched_lengths() -> None:
 class _BatchTask:
     """A task whose batch scorer must be used: its single-item scorer refuses."""
 
+    name = "batch"
+    skills = SkillTree(["a", "b"])
+
     def __init__(self, n: int | None = None) -> None:
         self.calls: list[int] = []
         self.n = n
+
+    def problems(self, split: str) -> list[Problem]:
+        return []
 
     def score(self, problem: Problem, output: str) -> bool:
         raise AssertionError("score() called although score_batch exists")
@@ -108,7 +115,9 @@ class _CountingArithmetic(ArithmeticTask):
 
 def test_env_scores_each_evaluation_in_one_batch() -> None:
     task = _CountingArithmetic(val_per_skill=2, test_per_skill=3)
-    env = SkillListEnv(task=task, budget=40, examples_per_step=20, max_steps=2, seed=0)
+    env = make_env(
+        "teachgym/SkillList-v0", task=task, budget=40, examples_per_step=20, max_steps=2, seed=0
+    )
     env.reset(seed=0)
     n_val = len(task.problems("val"))
     assert task.batches == [n_val]

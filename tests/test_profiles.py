@@ -230,7 +230,7 @@ def test_the_forgetting_student_moves_back_towards_its_start_every_few_trains(
     [
         ({"forget_every": 0}, "forget_every must be an integer >= 1"),
         ({"forget_fraction": 0.0}, "forget_fraction must be in"),
-        ({"forget_fraction": "half"}, "forget_fraction must be a number"),
+        ({"forget_fraction": "half"}, "forget_fraction 'half' is invalid: Input should be a"),
     ],
 )
 def test_bad_forgetting_options_are_config_errors(kwargs: dict[str, Any], message: str) -> None:

@@ -11,6 +11,7 @@ from teachgym.agents.generators.procedural import ProceduralGenerator, parse_tex
 from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.arithmetic import DEFAULT_SKILLS, FAMILIES, ArithmeticTask
 from teachgym.envs.tasks.base import ProceduralTask, Task
+from teachgym.errors import ConfigError
 from teachgym.types import (
     Allocation,
     Example,
@@ -238,8 +239,21 @@ def test_procedural_generator_is_seeded():
 
 
 def test_procedural_generator_needs_a_sampler():
-    with pytest.raises(TypeError, match="sample"):
+    with pytest.raises(TypeError, match="is not a Task"):
         ProceduralGenerator(object())
+
+    class Fixed:  # a task with a fixed pool: no sample()
+        name = "fixed"
+        skills = SkillTree(["a"])
+
+        def problems(self, split):
+            return []
+
+        def score(self, problem, output):
+            return False
+
+    with pytest.raises(ConfigError, match=r"needs a task with sample\(skill, n, rng\)"):
+        ProceduralGenerator(Fixed())
 
 
 def test_parse_text_plan_ambiguous_tail_needs_full_path():

@@ -66,3 +66,21 @@ class Generator(Protocol):
     def generate(
         self, plan: Plan, context: GenerationContext
     ) -> tuple[list[Example], Mapping[str, int]]: ...
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """``take_stats()``: the generator's counters since the last call (an LLM
+    generator's requests, cache hits, failures and tokens), reported by the env in
+    ``info["llm"]["generator"]`` after every step."""
+
+    def take_stats(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ReportsShortfall(Protocol):
+    """``shortfall_reasons``: the rejection reasons that count examples the generator
+    was asked for and could not make (``space_exhausted``), as opposed to examples it
+    made and threw away; the env counts those from a step's last round only."""
+
+    shortfall_reasons: frozenset[str]

@@ -35,6 +35,7 @@ from teachgym.agents.generators.base import GenerationContext, Plan
 from teachgym.agents.generators.procedural import parse_text_plan, source_skills
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
 from teachgym.agents.llm.prompt_file import read_sections
+from teachgym.envs.tasks.base import TaskCapabilities
 from teachgym.types import (
     Allocation,
     ErrorCase,
@@ -276,7 +277,8 @@ class LLMGenerator:
         self.format_examples = int(format_examples)
         self.errors_shown = int(errors_shown)
         self.prompt_chars, self.answer_chars = _bounds(task, max_prompt_chars, max_answer_chars)
-        fields = dict(getattr(task, "generation_fields", None) or {})
+        self.caps = caps = TaskCapabilities.of(task)
+        fields = dict(caps.generation_fields)
         for name, bound in fields.items():
             if name in ("prompt", "answer", "skill") or not isinstance(bound, int) or bound < 1:
                 raise ValueError(
@@ -284,10 +286,8 @@ class LLMGenerator:
                     "field name with a positive length bound"
                 )
         self.extra_fields: tuple[tuple[str, int], ...] = tuple(sorted(fields.items()))
-        if cross_check and not callable(getattr(task, "answers_agree", None)):
-            raise ValueError(
-                f"cross_check needs a task with answers_agree(); {type(task).__name__} has none"
-            )
+        if cross_check:
+            caps.require("agreement", "the llm generator's cross_check")
         if not 0.0 <= cross_check_temperature <= 2.0:
             raise ValueError(
                 f"cross_check_temperature must be in [0, 2], got {cross_check_temperature!r}"
@@ -300,7 +300,7 @@ class LLMGenerator:
         self.cross_check_temperature = float(cross_check_temperature)
         self.cross_check_max_tokens = cross_check_max_tokens
         self.client: LLMClient = make_client(llm)
-        self.model = str(getattr(getattr(self.client, "backend", None), "model", "") or "") or None
+        self.model = str(self.client.backend.model or "") or None
         self._step_key: tuple[int, int] | None = None
         #: Normalized prompts of the sampled problems shown in this call's requests.
         self._shown: set[str] = set()
@@ -453,17 +453,17 @@ class LLMGenerator:
 
     def _known(self, context: GenerationContext) -> list[str]:
         """The skills the task can sample: its leaves (or, lacking the attribute, the plan's)."""
-        return list(getattr(self.task, "leaf_skills", None) or context.skills)
+        return list(self.caps.leaf_skills or context.skills)
 
     def _format(self, skill: str | None) -> str:
-        describe = getattr(self.task, "format_description", None)
-        if not callable(describe):
+        describer = self.caps.describer
+        if describer is None:
             return GENERIC_FORMAT
         if skill is not None:
-            sources, _ = source_skills(skill, list(getattr(self.task, "leaf_skills", None) or []))
+            sources, _ = source_skills(skill, list(self.caps.leaf_skills))
             if sources:
-                return str(describe(sources[0]))
-        return str(describe(skill or ""))
+                return str(describer.format_description(sources[0]))
+        return str(describer.format_description(skill or ""))
 
     def _examples(self, skills: Sequence[str], context: GenerationContext, labelled: bool) -> str:
         """A few fresh problems in the task's format, as JSON lines; never an evaluation item.
@@ -472,8 +472,8 @@ class LLMGenerator:
         the task skills that serve it (:func:`source_skills`); ``(none)`` when
         the task cannot sample, and the format description must do.
         """
-        sample = getattr(self.task, "sample", None)
-        if not callable(sample) or self.format_examples == 0:
+        sampler = self.caps.sampler
+        if sampler is None or self.format_examples == 0:
             return "(none)"
         known = self._known(context)
         pairs: list[tuple[str, str]] = []  # (label, source leaf)
@@ -486,7 +486,7 @@ class LLMGenerator:
         shown: set[str] = set()
         for j in range(max(self.format_examples, len(skills) if labelled else 0)):
             label, leaf = pairs[j % len(pairs)]
-            for problem in sample(leaf, 4, context.rng):
+            for problem in sampler.sample(leaf, 4, context.rng):
                 key = normalize_prompt(problem.prompt)
                 if key not in context.exclude and key not in shown:
                     shown.add(key)
@@ -525,7 +525,7 @@ class LLMGenerator:
     ) -> Example | None:
         """The example for one generated item, or ``None`` with its reason counted."""
         prompt, answer = item.prompt.strip(), item.answer.strip()
-        if getattr(self.task, "indented_answers", False):
+        if self.caps.indented_answers:
             # A code body's first line is indented like the rest; stripping it would
             # train the student on a body whose first statement sits at column 0.
             answer = item.answer.rstrip().lstrip("\r\n")
@@ -536,18 +536,16 @@ class LLMGenerator:
         if skill is None:
             rejected["unknown_skill"] += 1
             return None
-        check = getattr(self.task, "check", None)
-        if callable(check):
-            verdict = check(prompt, answer)
+        if self.caps.checker is not None:
+            verdict = self.caps.checker.check(prompt, answer)
             if verdict is None:
                 rejected["unparseable_prompt"] += 1
                 return None
             if not verdict:
                 rejected["wrong_answer"] += 1
                 return None
-        skill_of = getattr(self.task, "skill_of", None)
-        if callable(skill_of):
-            family = skill_of(prompt)
+        if self.caps.classifier is not None:
+            family = self.caps.classifier.skill_of(prompt)
             if family is not None and not self._same_skill(family, skill):
                 rejected["wrong_skill"] += 1
                 return None
@@ -571,22 +569,15 @@ class LLMGenerator:
 
     def _checks_answers(self) -> bool:
         """Does anything check that a kept example's answer is right?"""
-        task = self.task
-        return (
-            callable(getattr(task, "check", None))
-            or self.cross_check
-            or (
-                callable(getattr(task, "verify", None))
-                and bool(getattr(task, "verifies_answers", False))
-            )
-        )
+        caps = self.caps
+        return caps.checker is not None or self.cross_check or caps.verifies_answers
 
     def _verify(
         self, examples: list[Example], items: list[Any], rejected: Counter[str]
     ) -> list[Example]:
         """The examples the task's batched ``verify`` keeps; its reasons counted."""
-        verify = getattr(self.task, "verify", None)
-        if not examples or not callable(verify):
+        verifier = self.caps.verifier
+        if not examples or verifier is None:
             return examples
         candidates = [
             {
@@ -596,7 +587,7 @@ class LLMGenerator:
             }
             for ex, item in zip(examples, items, strict=True)
         ]
-        verdicts = list(verify(candidates))
+        verdicts = list(verifier.verify(candidates))
         if len(verdicts) != len(examples):
             raise RuntimeError(
                 f"{type(self.task).__name__}.verify returned {len(verdicts)} verdicts for "
@@ -643,7 +634,7 @@ class LLMGenerator:
             )
             for i, ex in enumerate(examples)
         ]
-        agree = self.task.answers_agree
+        agree = self.caps.require("agreement", "cross_check").answers_agree
         kept: list[Example] = []
         for example, reply in zip(examples, self.client.complete(requests), strict=True):
             if not reply.ok or not reply.text:
@@ -666,8 +657,7 @@ class LLMGenerator:
         """
         if _related(family, label):
             return True
-        tree = getattr(self.task, "skills", None)
-        if tree is not None and label in tree:
+        if label in self.task.skills:
             return False
         return family.split("/", 1)[0] == label.split("/", 1)[0]
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from teachgym.agents.generators.base import GenerationContext, Plan
+from teachgym.envs.tasks.base import Task, TaskCapabilities
 from teachgym.types import (
     Allocation,
     Example,
@@ -143,13 +144,12 @@ class ProceduralGenerator:
     #: Reasons that count examples this generator could not make (not made-and-dropped
     #: ones): the env asks again for them, so it counts them from the last round only.
     shortfall_reasons = frozenset({"space_exhausted", "no_procedure"})
+    #: What it needs of a task (checked by the assembly before anything is built).
+    requires = ("sampler",)
 
-    def __init__(self, task: object, seed: int = 0) -> None:
-        if not hasattr(task, "sample"):
-            raise TypeError(
-                f"the procedural generator needs a task with a sample() method; "
-                f"{type(task).__name__} has none (use an LLM generator)"
-            )
+    def __init__(self, task: Task, seed: int = 0) -> None:
+        self.caps = TaskCapabilities.of(task)
+        self.sampler = self.caps.require("sampler", "the procedural generator (or use `llm`)")
         self.task = task
         self.seed = seed
 
@@ -188,7 +188,7 @@ class ProceduralGenerator:
         exclude = context.exclude
         attempts = 0
         while len(out) < n and attempts < 4 * n + 64:
-            batch = self.task.sample(skill, n - len(out), context.rng)
+            batch = self.sampler.sample(skill, n - len(out), context.rng)
             attempts += len(batch)
             for p in batch:
                 key = normalize_prompt(p.prompt)
@@ -206,7 +206,7 @@ class ProceduralGenerator:
         rejected: Counter[str] = Counter()
         if unreadable:
             rejected["unparsed_plan"] += 1
-        known = list(getattr(self.task, "leaf_skills", context.skills))
+        known = list(self.caps.leaf_skills or context.skills)
         source = Provenance(generator=self.name, seed=self.seed)
         out: list[Example] = []
         for skill, n in counts.items():

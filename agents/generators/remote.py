@@ -12,7 +12,7 @@ would have drawn in-process.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from teachgym.agents.generators.base import GenerationContext, Plan
@@ -22,23 +22,19 @@ __all__ = ["GeneratorProxy", "GeneratorWorker"]
 
 
 class GeneratorWorker:
-    """Builds and serves one generator inside a Ray actor."""
+    """Builds and serves one generator inside a Ray actor.
 
-    def __init__(self, config: dict[str, Any], threads: int) -> None:
-        from teachgym import registry
-        from teachgym.config import build_config
-        from teachgym.runtime import seed_everything
+    ``build(config, threads)`` (the assembly's builder) runs once in the actor
+    and returns the task and the generator.
+    """
 
-        cfg = build_config(config)
-        seed_everything(cfg.seed)
-        self.task = registry.build("task", cfg.task, **cfg.component_kwargs("task"))
-        self.generator = registry.build(
-            "generator",
-            cfg.generator,
-            task=self.task,
-            seed=cfg.seed,
-            **cfg.component_kwargs("generator"),
-        )
+    def __init__(
+        self,
+        build: Callable[[dict[str, Any], int], tuple[Any, Any]],
+        config: dict[str, Any],
+        threads: int,
+    ) -> None:
+        self.task, self.generator = build(config, threads)
         self.threads = threads
 
     def ready(self) -> dict[str, Any]:

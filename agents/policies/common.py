@@ -16,26 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from teachgym.config import ENV_KINDS
 from teachgym.types import Allocation
 
 EnvKind = Literal["skill_list", "open_ended", "skill_tree"]
 
 
 def env_kind(env: Any) -> EnvKind | None:
-    """Which of the three teachgym envs ``env`` is (wrappers looked through); None for others."""
-    from teachgym.envs.open_ended import OpenEndedEnv
-    from teachgym.envs.skill_list import SkillListEnv
-    from teachgym.envs.skill_tree import SkillTreeEnv
-
-    core = getattr(env, "unwrapped", env)
-    for cls, kind in (
-        (SkillListEnv, "skill_list"),
-        (OpenEndedEnv, "open_ended"),
-        (SkillTreeEnv, "skill_tree"),
-    ):
-        if isinstance(core, cls):
-            return kind  # type: ignore[return-value]
-    return None
+    """Which of the three teachgym envs ``env`` is (an env, a wrapper or a
+    :class:`~teachgym.agents.policies.view.TeacherView`); None for others."""
+    kind = getattr(getattr(env, "unwrapped", env), "kind", None)
+    return kind if kind in ENV_KINDS else None  # type: ignore[return-value]
 
 
 # -- OpenEnded observations ------------------------------------------------

@@ -15,12 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from teachgym.agents.policies.common import EnvKind, env_kind
+from teachgym.config import ENV_KINDS
 
-_ENV_IDS: dict[EnvKind, str] = {
-    "skill_list": "teachgym/SkillList-v0",
-    "open_ended": "teachgym/OpenEnded-v0",
-    "skill_tree": "teachgym/SkillTree-v0",
-}
+_ENV_IDS: dict[EnvKind, str] = ENV_KINDS  # type: ignore[assignment]
 
 
 class ByEnv:

@@ -35,11 +35,11 @@ Skills (the ``skills`` argument):
 - ``"gold"``: each row's own label (a subclass that reads one from its rows
   sets ``has_gold_skills``); the default for such a task.
 - ``"none"``: one skill, :data:`SINGLE_SKILL` (``all``); the default otherwise.
-- ``"discovered"``: an LLM names the skills
-  (:func:`teachgym.agents.skill_discovery.discover_skills`) from the val and
-  test problems plus ``discovery_train_items`` train-pool rows (default 64,
-  so ``sample`` has training items for most skills). Needs ``llm`` (a
-  :func:`teachgym.agents.llm.make_client` mapping or an ``LLMClient``);
+- ``"discovered"``: an LLM names the skills from the val and test problems
+  plus ``discovery_train_items`` train-pool rows (default 64, so ``sample``
+  has training items for most skills). Needs ``llm``, a :class:`SkillLabeller`
+  (the assembly wraps the config's ``llm`` spec in
+  :class:`teachgym.agents.skill_discovery.SkillDiscoverer`);
   ``discovery`` takes ``max_skills`` (default 8) and ``cache_dir`` (default
   ``$TEACHGYM_CACHE/skills``, else ``~/.cache/teachgym/skills``; ``null``:
   no cache, every build asks the LLM). The cache matters more than it looks:
@@ -62,7 +62,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -113,6 +113,27 @@ def slugify_skill(label: str) -> str:
 def default_discovery_cache() -> str:
     """``$TEACHGYM_CACHE/skills``, or ``~/.cache/teachgym/skills`` without it."""
     return str(cache_root() / "skills")
+
+
+@runtime_checkable
+class SkillLabeller(Protocol):
+    """Names a skill for every problem (an LLM does it in skill discovery).
+
+    ``label`` returns ``{problem id: skill name}`` with at most ``max_skills``
+    distinct names; a problem it leaves out is the task's ``other`` skill. The
+    task passes its ``dataset`` name and ``split_seed`` (for caching and for
+    seeded requests) and the ``cache_dir`` from ``discovery``.
+    """
+
+    def label(
+        self,
+        problems: Sequence[Problem],
+        *,
+        max_skills: int,
+        dataset: str,
+        cache_dir: str | None,
+        seed: int,
+    ) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -211,8 +232,9 @@ class DatasetTask:
         skills: ``"gold"``, ``"none"``, ``"discovered"`` or a mapping
             ``{problem_id: skill}`` (module docstring); ``None`` picks
             ``"gold"`` when the task has gold labels, else ``"none"``.
-        llm: the LLM for ``skills="discovered"`` (a ``make_client`` mapping or
-            an ``LLMClient``); unused otherwise.
+        llm: for ``skills="discovered"``, the :class:`SkillLabeller` that names the
+            skills (the assembly makes one from the config's ``llm`` spec:
+            :class:`~teachgym.agents.skill_discovery.SkillDiscoverer`); unused otherwise.
         discovery: ``{"max_skills": 8, "cache_dir": ...}`` for discovery (see above).
         discovery_train_items: train-pool rows labelled by discovery as well.
         hub_name, hub_config: override the subclass's hub dataset.
@@ -610,7 +632,14 @@ class DatasetTask:
         discovery_train_items: int,
     ) -> dict[str, str]:
         if llm is None:
-            raise ValueError("skills='discovered' needs an 'llm' (a make_client mapping or client)")
+            raise ValueError("skills='discovered' needs an 'llm' spec to name the skills")
+        if not isinstance(llm, SkillLabeller):
+            raise ValueError(
+                "skills='discovered' labels problems through the assembly, which turns the "
+                "config's llm spec into a labeller (teachgym.agents.skill_discovery."
+                "SkillDiscoverer); build the task with teachgym.assembly.build_task, or pass "
+                f"llm=SkillDiscoverer(client) (got {type(llm).__name__})"
+            )
         opts = dict(discovery or {})
         unknown = sorted(set(opts) - set(_DISCOVERY_KEYS))
         if unknown:
@@ -618,16 +647,12 @@ class DatasetTask:
         max_skills = opts.get("max_skills", 8)
         if not isinstance(max_skills, int) or max_skills < 1:
             raise ValueError(f"discovery.max_skills must be an integer >= 1, got {max_skills!r}")
-        from teachgym.agents.llm import make_client
-        from teachgym.agents.skill_discovery import discover_skills
-
         rng = np.random.default_rng([self.split_seed, 1])
         k = min(discovery_train_items, len(train))
         extra = [train[i] for i in sorted(rng.choice(len(train), size=k, replace=False).tolist())]
         items: Iterable[_Item] = (*val, *test, *extra)
-        found = discover_skills(
+        found = llm.label(
             [self._problem(it, SINGLE_SKILL) for it in items],
-            make_client(llm),
             max_skills=max_skills,
             dataset=self.name,
             cache_dir=opts.get("cache_dir", default_discovery_cache()),

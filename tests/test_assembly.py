@@ -1,0 +1,94 @@
+"""The assembly step: one LLM client per spec, capabilities checked once, the teacher's view."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import pytest
+
+import teachgym.agents.llm.vllm_backend as vllm_backend
+from teachgym import assembly
+from teachgym.agents.skill_discovery import SkillDiscoverer
+from teachgym.config import build_config
+from teachgym.envs.tasks.base import TaskCapabilityError
+
+
+class CountingEngine:
+    """Stands in for the in-process vLLM engine; counts how many were started."""
+
+    started: ClassVar[list[str]] = []
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        self.model = model
+        CountingEngine.started.append(model)
+
+
+@pytest.fixture
+def engines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    CountingEngine.started = []
+    monkeypatch.setattr(vllm_backend, "VLLMEngineBackend", CountingEngine)
+    return CountingEngine.started
+
+
+def _llm_config(**llm: Any) -> Any:
+    return build_config(
+        {
+            "task": "gsm8k",
+            "task_kwargs": {"skills": "discovered"},
+            "teacher": "llm",
+            "generator": "llm",
+            "llm": {"backend": "vllm", "model": "m", **llm},
+        }
+    )
+
+
+def test_teacher_generator_and_discovery_share_one_engine(engines: list[str]) -> None:
+    config = _llm_config()
+    clients = assembly.Clients()
+    teacher = assembly.component_kwargs(config, "teacher", clients)["llm"]
+    generator = assembly.component_kwargs(config, "generator", clients)["llm"]
+    labeller = assembly.component_kwargs(config, "task", clients)["llm"]
+    assert engines == ["m"]  # three consumers, one engine
+    assert teacher is generator
+    assert isinstance(labeller, SkillDiscoverer) and labeller.client is teacher
+    assert len(clients) == 1
+
+
+def test_a_different_spec_gets_its_own_client(engines: list[str]) -> None:
+    config = _llm_config()
+    other = config.model_copy(
+        update={"generator_kwargs": {"llm": {"backend": "vllm", "model": "other"}}}
+    )
+    clients = assembly.Clients()
+    teacher = assembly.component_kwargs(other, "teacher", clients)["llm"]
+    generator = assembly.component_kwargs(other, "generator", clients)["llm"]
+    assert teacher is not generator and engines == ["m", "other"]
+
+
+def test_a_missing_capability_is_named_before_the_student_is_built(fast) -> None:
+    from teachgym.envs.tasks.arithmetic import ArithmeticTask
+
+    class NoAlphabet(ArithmeticTask):
+        alphabet = None  # type: ignore[assignment]
+
+    config = build_config(fast)
+    task = NoAlphabet(val_per_skill=2, test_per_skill=2)
+    with pytest.raises(TaskCapabilityError, match=r"student 'tiny' needs a task with an alphabet"):
+        assembly.build_student(config, task)
+
+
+def test_the_teacher_sees_a_view_without_the_test_split(fast) -> None:
+    env = gym.make("teachgym/SkillList-v0", **fast)
+    try:
+        config = env.unwrapped.config
+        teacher = assembly.build_teacher(config, env)
+        view = teacher.env
+        assert view.unwrapped is view and view.skills == env.unwrapped.skills
+        assert len(view.task.problems("val")) == len(env.unwrapped.task.problems("val"))
+        with pytest.raises(PermissionError, match="test split"):
+            view.task.problems("test")
+        with pytest.raises(AttributeError, match="no '_test'"):
+            view.task._test  # noqa: B018
+    finally:
+        env.close()
