@@ -13,6 +13,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -479,8 +480,17 @@ class TeacherEnv(gym.Env):
             lines.append(f"  {skill:<24} acc {acc}  examples {self._used.get(skill, 0)}")
         return "\n".join(lines)
 
+    def save_student(self, path: Path) -> None:
+        """The student's weights into directory ``path`` (with :meth:`state_dict`, a
+        checkpoint)."""
+        self.student.save(path)
+
+    def load_student(self, path: Path) -> None:
+        """The student's weights from a directory :meth:`save_student` wrote."""
+        self.student.load(path)
+
     def state_dict(self) -> dict[str, Any]:
-        """Env state for resume (JSON-safe); the student saves its own weights."""
+        """Env state for resume (JSON-safe); :meth:`save_student` saves the weights."""
         if not self._started:
             raise RuntimeError("call reset() before saving state")
         return {

@@ -15,7 +15,8 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,52 @@ class EpisodeResult:
     info: dict[str, Any]
 
 
+@runtime_checkable
+class Episode(Protocol):
+    """What a callback may use of the episode beyond the gymnasium API: the handle
+    :attr:`Callback.episode` (a teachgym env offers it; any other env gives ``None``).
+
+    ``skills`` orders every per-skill vector; ``last_examples`` and
+    ``last_predictions`` are what the latest step trained on and what the
+    student answered on the validation split; ``observe`` is the teacher's
+    current observation; ``state_dict``/``load_state_dict`` are the env's
+    resumable state and ``save_student``/``load_student`` the student's
+    weights, which together make a checkpoint.
+    """
+
+    @property
+    def skills(self) -> list[str]: ...
+
+    @property
+    def last_examples(self) -> Sequence[Any]: ...
+
+    @property
+    def last_predictions(self) -> Sequence[Any]: ...
+
+    def observe(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def save_student(self, path: Path) -> None: ...
+
+    def load_student(self, path: Path) -> None: ...
+
+
+def episode_of(env: Any) -> Episode | None:
+    """The :class:`Episode` handle of ``env`` (wrapped or not), or ``None``."""
+    core = getattr(env, "unwrapped", env)  # gymnasium's documented way to the base env
+    return core if isinstance(core, Episode) else None
+
+
 class Callback:
     """Hooks called by :func:`run_episode`; override the ones you need.
+
+    Before the first hook, :func:`run_episode` sets :attr:`episode` (the
+    :class:`Episode` handle of the env, ``None`` for an env that is not a
+    teachgym env), in the way Stable-Baselines3 hands its callbacks the model:
+    a documented handle, so a callback never reaches into ``env.unwrapped``.
 
     The order within one episode is ``on_start`` (fresh episode, after
     ``reset``) or ``on_resume`` (continuing from saved state), then
@@ -64,6 +109,9 @@ class Callback:
     episode can be resumed) or ``on_error`` (an exception escaped; it is
     re-raised after the callbacks ran).
     """
+
+    #: The env's :class:`Episode` handle, set by :func:`run_episode`.
+    episode: Episode | None = None
 
     def on_start(self, env: Any, teacher: Any, observation: Any, info: dict[str, Any]) -> None:
         """A fresh episode: ``observation``/``info`` come from ``env.reset``."""
@@ -121,6 +169,9 @@ def run_episode(
     """
     if max_new_steps is not None and max_new_steps < 0:
         raise ValueError(f"max_new_steps must be >= 0, got {max_new_steps}")
+    episode = episode_of(env)
+    for cb in callbacks:
+        cb.episode = episode
     try:
         if resume is None:
             observation, info = env.reset(seed=seed)

@@ -31,11 +31,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from teachgym import assembly
+from teachgym.agents.policies.base import teacher_stats
 from teachgym.config import ExperimentConfig, dump_config
 from teachgym.distributed import worker_failures
 from teachgym.errors import RunError, RunFailed
 from teachgym.experiments import plots
-from teachgym.experiments.loop import Callback, EpisodeState, Transition, run_episode
+from teachgym.experiments.loop import (
+    Callback,
+    Episode,
+    EpisodeState,
+    Transition,
+    episode_of,
+    run_episode,
+)
 from teachgym.experiments.rundir import (
     ALLOCATION,
     CHECKPOINT,
@@ -88,6 +96,14 @@ def find_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 # -- callbacks ------------------------------------------------------------
+def _handle(callback: Callback) -> Episode:
+    """The callback's :class:`Episode` handle; the runner's callbacks record a teachgym
+    env's episode and have nothing to record without one."""
+    if callback.episode is None:
+        raise RunError(f"{type(callback).__name__} needs a teachgym env (an Episode handle)")
+    return callback.episode
+
+
 class RunRecorder(Callback):
     """``steps.jsonl``, ``timings.jsonl``, ``data/`` and ``predictions/`` of a run directory."""
 
@@ -109,17 +125,17 @@ class RunRecorder(Callback):
             truncated=transition.truncated,
             examples_total=self.rows[-1]["examples_total"] + info["examples_accepted"],
             # An LLM teacher's requests, tokens and fallbacks for the act behind this step.
-            teacher_stats=getattr(teacher, "last_stats", None),
+            teacher_stats=teacher_stats(teacher),
         )
         row = record.to_row()
         self.rows.append(row)
-        core = env.unwrapped
+        episode = _handle(self)
         write_jsonl(
-            self.run_dir.data_file(record.step), (e.model_dump() for e in core.last_examples)
+            self.run_dir.data_file(record.step), (e.model_dump() for e in episode.last_examples)
         )
         write_jsonl(
             self.run_dir.predictions_file(record.step),
-            (p.model_dump() for p in core.last_predictions),
+            (p.model_dump() for p in episode.last_predictions),
         )
         append_jsonl(self.run_dir.file(STEPS), row)
         append_jsonl(
@@ -150,10 +166,10 @@ class Checkpointer(Callback):
     def save(self, env: Any, teacher: Any, info: dict[str, Any]) -> None:
         import torch
 
-        core = env.unwrapped
-        env_state = core.state_dict()
+        episode = _handle(self)
+        env_state = episode.state_dict()
         with self.run_dir.write_checkpoint(int(env_state["step"])) as tmp:
-            core.student.save(tmp / "student")
+            episode.save_student(tmp / "student")
             state = {
                 "env": env_state,
                 "teacher": teacher.state_dict(),
@@ -243,9 +259,9 @@ class LLMFailureNotice(Callback):
 
     def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
         stats = dict(transition.info.get("llm") or {})
-        teacher_stats = getattr(teacher, "last_stats", None) or {}
-        if teacher_stats.get("llm"):
-            stats["teacher"] = teacher_stats["llm"]
+        acted = teacher_stats(teacher) or {}
+        if acted.get("llm"):
+            stats["teacher"] = acted["llm"]
         for who, counts in stats.items():
             requests = int(counts.get("requests", 0))
             if requests == 0 or counts.get("ok", 0) > 0:
@@ -284,7 +300,7 @@ class WandbCallback(Callback):
     def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
         self.tracker.log_row(
             self.recorder.rows[-1],
-            examples=env.unwrapped.last_examples,
+            examples=_handle(self).last_examples,
             errors=transition.info["errors"],
         )
 
@@ -447,7 +463,8 @@ class EpisodeRunner:
         env = gym.make(config.env, config=config)
         try:
             teacher = assembly.build_teacher(config, env)
-            self.skills = list(env.unwrapped.skills)
+            handle = episode_of(env)
+            self.skills = list(handle.skills) if handle is not None else []
 
             def elapsed() -> float:
                 assert elapsed_at_call is not None
@@ -517,15 +534,17 @@ class EpisodeRunner:
     def _restore(self, env: gym.Env, teacher: Any, ckpt: Path, state: dict[str, Any]) -> Any:
         import torch
 
-        core = env.unwrapped
+        episode = episode_of(env)
+        if episode is None:
+            raise RunError(f"cannot resume on {type(env).__name__}: it has no Episode handle")
         env.reset(seed=self.config.seed)  # builds episode structures; then overwritten
-        core.student.load(ckpt / "student")
-        core.load_state_dict(state["env"])
+        episode.load_student(ckpt / "student")
+        episode.load_state_dict(state["env"])
         teacher.load_state_dict(state["teacher"])
         random.setstate(_tuplify(state["rng"]["python"]))
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(torch.load(ckpt / "torch_rng.pt", weights_only=True))
-        return EpisodeState(core.observe(), state["info"])
+        return EpisodeState(episode.observe(), state["info"])
 
     def _warn_if_machine_differs(self, saved: Mapping[str, Any]) -> None:
         """Warn when this session's floats will differ from an uninterrupted run's:

@@ -92,3 +92,43 @@ def test_the_teacher_sees_a_view_without_the_test_split(fast) -> None:
             view.task._test  # noqa: B018
     finally:
         env.close()
+
+
+def test_callbacks_get_the_episode_handle_through_wrappers(fast) -> None:
+    from teachgym.agents.policies.baselines import UniformTeacher
+    from teachgym.experiments.loop import Callback, Episode, run_episode
+
+    class Seen(Callback):
+        def __init__(self) -> None:
+            self.examples: list[int] = []
+
+        def on_step(self, env: Any, teacher: Any, transition: Any) -> None:
+            assert self.episode is not None
+            self.examples.append(len(self.episode.last_examples))
+
+    env = gym.wrappers.RecordEpisodeStatistics(gym.make("teachgym/SkillList-v0", **fast))
+    try:
+        seen = Seen()
+        result = run_episode(env, UniformTeacher(env=env, seed=0), [seen], seed=0)
+        assert isinstance(seen.episode, Episode)
+        assert len(seen.examples) == result.steps_taken and sum(seen.examples) > 0
+    finally:
+        env.close()
+
+    class Countdown:
+        def reset(self, seed: int | None = None) -> tuple[int, dict[str, Any]]:
+            return 1, {}
+
+        def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+            return 0, 0.0, True, False, {}
+
+    class Echo:
+        def act(self, obs: Any, info: Any) -> Any:
+            return obs
+
+        def update(self, *args: Any) -> None:
+            pass
+
+    other = Callback()
+    run_episode(Countdown(), Echo(), [other])
+    assert other.episode is None  # not a teachgym env: no handle

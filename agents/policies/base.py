@@ -59,6 +59,20 @@ class TeacherPolicy(Protocol):
         ...
 
 
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A teacher that counts what its latest ``act`` cost (an LLM teacher's requests,
+    tokens, fallbacks): ``last_stats``, recorded as ``teacher`` in ``steps.jsonl``."""
+
+    @property
+    def last_stats(self) -> Mapping[str, Any]: ...
+
+
+def teacher_stats(teacher: Any) -> Mapping[str, Any] | None:
+    """``teacher.last_stats`` for a :class:`ReportsStats` teacher, else ``None``."""
+    return teacher.last_stats if isinstance(teacher, ReportsStats) else None
+
+
 def check_number(
     name: str,
     value: Any,
