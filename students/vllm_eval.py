@@ -325,8 +325,8 @@ def engine_kwargs(
     ``dtype="auto"`` is bfloat16 on a GPU (what the student trains in) and
     float32 on the CPU (whose bfloat16 kernels are slower than float32 on most
     CPUs and round differently from the student's float32). On the CPU
-    ``enforce_eager``: compilation takes longer (77-102 s against ~29 s measured
-    for SmolLM2-135M) than a whole evaluation run saves. On a GPU sleep mode is
+    ``enforce_eager``: compiling takes longer than a whole evaluation run saves
+    (docs/decisions.md). On a GPU sleep mode is
     on, so the engine can give its memory to the trainer between evaluations,
     and only ``gpu_memory_utilization`` of the device is taken.
     """

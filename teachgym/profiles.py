@@ -44,8 +44,8 @@ __all__ = ["PROFILES", "VARIED_WIDTHS", "apply_profile", "profile_overrides"]
 #: The student widths of the ``varied`` profile, chosen by ``seed % 3``.
 VARIED_WIDTHS = (64, 128, 256)
 #: The ``forgetting`` profile's partial reset: every 5th step, a quarter of the way back
-#: to the initial weights. Measured on the default student trained to 0.77-0.95 per skill:
-#: a fraction of 0.1 costs a few points, 0.2 up to a third, 0.3 more than half, 0.5 all.
+#: to the initial weights: enough to cost a trained skill a clear share of its accuracy,
+#: not all of it (docs/decisions.md).
 FORGETTING = {"forget_every": 5, "forget_fraction": 0.25}
 #: The noise skills of the ``unlearnable`` profile (next to the default 7 skills).
 UNLEARNABLE_NOISE = 8

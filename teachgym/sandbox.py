@@ -921,8 +921,8 @@ def _wait_exit(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
     """Wait for ``proc`` to exit (without reaping it); False if ``timeout_s`` passed first.
 
     A pidfd wakes up the moment the process exits. ``Popen.wait(timeout)``
-    polls with sleeps growing to 50 ms instead, which added up to a run's
-    whole duration again (a sandboxed program takes about 60 ms).
+    polls with sleeps growing to 50 ms instead, as long as a short sandboxed
+    program runs (docs/decisions.md).
     """
     try:
         pidfd = os.pidfd_open(proc.pid)

@@ -179,7 +179,7 @@ class LLMGenerator:
     is not in ``context.exclude`` (``excluded``), not one of the sampled
     problems a request of this call showed (``copied_example``: the task's
     sampler made it, not the LLM, so keeping it would credit the LLM with the
-    sampler's data; measured: SmolLM2-135M's only correct examples were such
+    sampler's data, and a small model's only correct examples can be such
     copies), and not already made this call (``duplicate``). A request that
     failed counts ``llm_<reason>`` per example it asked for; a reply with fewer
     examples than asked counts the rest as ``short_reply``.

@@ -246,7 +246,7 @@ def build_program(
 #: types survive exactly (tuple vs list, int vs float vs bool, set, bytes...).
 #: A value of any other type, a subclass included, is not plain.
 _CODEC = r"""
-try:  # json's C parts, without the json package (which takes 8 ms to import)
+try:  # json's C parts, without the json package (its import costs the sandbox; docs/decisions.md)
     from _json import encode_basestring_ascii as _quote, make_scanner as _make_scanner
 except ImportError:  # not CPython
     from json.encoder import encode_basestring_ascii as _quote
