@@ -7,6 +7,7 @@ evaluation, reward, budget, termination, state for resume) happens here once.
 
 from __future__ import annotations
 
+import contextlib
 import string
 import time
 import unicodedata
@@ -299,36 +300,17 @@ class TeacherEnv(gym.Env):
         if isinstance(plan, Allocation):
             plan = plan.clamped(cap)
         timings: dict[str, float] = {}
-
-        t0 = time.perf_counter()
-        plan_skills = self._plan_skills(plan)
-        made = self._generate(plan, plan_skills, cap)
+        with _timed(timings, "generate"):
+            made = self._generate(plan, self._plan_skills(plan), cap)
         examples, accepted = made.examples, made.accepted
-        timings["generate"] = time.perf_counter() - t0
         # An LLM generator's client counters (requests, cache hits, failures, tokens) for
         # this step; any generator with ``take_stats`` reports, through a Ray proxy too.
         llm_stats = {"generator": self._take_stats()} if self._take_stats is not None else None
-
-        t0 = time.perf_counter()
-        train_metrics = self.student.train(accepted) if accepted else {}
-        timings["train"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        report, predictions = self.evaluate("val")
-        timings["evaluate"] = time.perf_counter() - t0
-
-        # Commit: nothing above changed env state except the student's weights.
-        self._commit_plan(plan)
-        self._filter.commit(accepted)
-        self._budget_used += len(accepted)
-        self._used.update(e.skill for e in accepted)
-        self._step_count += 1
-        previous = self._history[-1]
-        self._report = report
-        self._history.append(report.accuracy)
-        self.last_examples, self.last_predictions = accepted, predictions
-
-        reward = report.accuracy - previous - self.config.cost_per_example * len(accepted)
+        with _timed(timings, "train"):
+            train_metrics = self.student.train(accepted) if accepted else {}
+        with _timed(timings, "evaluate"):
+            report, predictions = self.evaluate("val")
+        reward = self._commit(plan, accepted, report, predictions)
         terminated = self.budget_left <= 0
         truncated = not terminated and self._step_count >= self.config.max_steps
         info = self._info(
@@ -349,6 +331,22 @@ class TeacherEnv(gym.Env):
             info["test_accuracy"] = test_report.accuracy
             info["test_report"] = _report_dict(test_report)
         return self.observe(), float(reward), terminated, truncated, info
+
+    def _commit(
+        self, plan: Plan, accepted: list[Example], report: EvalReport, predictions: list[Any]
+    ) -> float:
+        """Apply a step that succeeded (nothing before this changed env state except the
+        student's weights); the reward: the val accuracy gain less the examples' cost."""
+        self._commit_plan(plan)
+        self._filter.commit(accepted)
+        self._budget_used += len(accepted)
+        self._used.update(e.skill for e in accepted)
+        self._step_count += 1
+        previous = self._history[-1]
+        self._report = report
+        self._history.append(report.accuracy)
+        self.last_examples, self.last_predictions = accepted, predictions
+        return report.accuracy - previous - self.config.cost_per_example * len(accepted)
 
     #: Generation rounds per step at most: later rounds ask only for what the
     #: filter dropped, so a step trains on what the plan asked for.
@@ -525,6 +523,14 @@ class TeacherEnv(gym.Env):
     def history(self) -> list[float]:
         """Val accuracy after reset and after every step."""
         return list(self._history)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Adds the wall time of the ``with`` block to ``timings[phase]``."""
+    t0 = time.perf_counter()
+    yield
+    timings[phase] = time.perf_counter() - t0
 
 
 class Timings(Mapping[str, float]):

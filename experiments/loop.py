@@ -151,8 +151,7 @@ def run_episode(
         seed: passed to ``env.reset`` for a fresh episode.
         resume: continue from this state instead of calling ``reset`` (the
             env and teacher must already hold the matching state).
-        max_new_steps: stop after this many rounds with the episode left
-            resumable (a time-boxed job does a slice, a later one resumes).
+        max_new_steps: stop after this many rounds, resumable (a time-boxed slice).
 
     Example (with a stand-in env, to show the protocol):
 
@@ -169,40 +168,19 @@ def run_episode(
     """
     if max_new_steps is not None and max_new_steps < 0:
         raise ValueError(f"max_new_steps must be >= 0, got {max_new_steps}")
-    episode = episode_of(env)
     for cb in callbacks:
-        cb.episode = episode
+        cb.episode = episode_of(env)
     try:
-        if resume is None:
-            observation, info = env.reset(seed=seed)
-            done = False
-            for cb in callbacks:
-                cb.on_start(env, teacher, observation, info)
-        else:
-            observation, info, done = resume.observation, resume.info, resume.done
-            for cb in callbacks:
-                cb.on_resume(env, teacher, resume)
+        observation, info, done = _begin(env, teacher, callbacks, seed, resume)
         taken = 0
         while not done:
             if max_new_steps is not None and taken >= max_new_steps:
                 for cb in callbacks:
                     cb.on_pause(env, teacher)
                 return EpisodeResult(False, taken, observation, info)
-            t0 = time.perf_counter()
-            action = teacher.act(observation, info)
-            observation, reward, terminated, truncated, info = env.step(action)
-            teacher.update(observation, float(reward), terminated, truncated, info)
-            transition = Transition(
-                action=action,
-                observation=observation,
-                reward=float(reward),
-                terminated=bool(terminated),
-                truncated=bool(truncated),
-                info=info,
-                seconds=time.perf_counter() - t0,
-            )
+            transition = play_round(env, teacher, observation, info)
+            observation, info, done = transition.observation, transition.info, transition.done
             taken += 1
-            done = transition.done
             for cb in callbacks:
                 cb.on_step(env, teacher, transition)
         for cb in callbacks:
@@ -214,3 +192,38 @@ def run_episode(
             with contextlib.suppress(Exception):
                 cb.on_error(env, teacher, err)
         raise
+
+
+def _begin(
+    env: Any,
+    teacher: Any,
+    callbacks: Sequence[Callback],
+    seed: int | None,
+    resume: EpisodeState | None,
+) -> tuple[Any, dict[str, Any], bool]:
+    """``reset`` and ``on_start`` for a fresh episode, ``on_resume`` for a resumed one."""
+    if resume is None:
+        observation, info = env.reset(seed=seed)
+        for cb in callbacks:
+            cb.on_start(env, teacher, observation, info)
+        return observation, info, False
+    for cb in callbacks:
+        cb.on_resume(env, teacher, resume)
+    return resume.observation, resume.info, resume.done
+
+
+def play_round(env: Any, teacher: Any, observation: Any, info: dict[str, Any]) -> Transition:
+    """One ``act -> step -> update`` round from ``observation``/``info``."""
+    t0 = time.perf_counter()
+    action = teacher.act(observation, info)
+    observation, reward, terminated, truncated, info = env.step(action)
+    teacher.update(observation, float(reward), terminated, truncated, info)
+    return Transition(
+        action=action,
+        observation=observation,
+        reward=float(reward),
+        terminated=bool(terminated),
+        truncated=bool(truncated),
+        info=info,
+        seconds=time.perf_counter() - t0,
+    )

@@ -467,37 +467,21 @@ class EpisodeRunner:
             self.skills = list(handle.skills) if handle is not None else []
 
             def elapsed() -> float:
-                assert elapsed_at_call is not None
-                return elapsed_at_call + time.perf_counter() - call_start
+                return float(elapsed_at_call or 0.0) + time.perf_counter() - call_start
 
-            state: EpisodeState | None = None
-            rows: list[dict[str, Any]] = []
             if ckpt is not None and saved is not None:
-                ckpt = self.run_dir.adopt(ckpt)
-                state = self._restore(env, teacher, ckpt, saved)
-                step = int(saved["env"]["step"])
-                rows = self.run_dir.truncate(step)
-                state = EpisodeState(state.observation, state.info, done=bool(saved["env"]["done"]))
-                self._say_resumed(step, rows)
+                state, rows = self._resume_from(env, teacher, ckpt, saved)
             else:
+                state, rows = None, []
                 self.run_dir.create(dump_config(self.config))
                 created = True
             recorder = RunRecorder(self.run_dir, rows)
-            callbacks: list[Callback] = [
-                recorder,
-                Checkpointer(self.run_dir, elapsed, self.threads),
-                ProgressDisplay(self.console, config.budget, self.label),
-                self.llm_notice,
-            ]
-            settings = config.wandb_settings
             tracker = (
                 WandbCallback(config, self.out, recorder, self.wandb_group)
-                if settings is not None
+                if config.wandb_settings is not None
                 else None
             )
-            if tracker is not None:
-                callbacks.append(tracker)
-            callbacks += self.callbacks
+            callbacks = self._callbacks(config, recorder, tracker, elapsed)
             result = run_episode(
                 env,
                 teacher,
@@ -520,6 +504,35 @@ class EpisodeRunner:
         if tracker is not None:
             tracker.finish(summary)
         return summary
+
+    def _resume_from(
+        self, env: gym.Env, teacher: Any, ckpt: Path, saved: dict[str, Any]
+    ) -> tuple[EpisodeState, list[dict[str, Any]]]:
+        """Env, teacher and RNGs restored from ``ckpt``; the run's rows up to its step."""
+        ckpt = self.run_dir.adopt(ckpt)
+        state = self._restore(env, teacher, ckpt, saved)
+        step = int(saved["env"]["step"])
+        rows = self.run_dir.truncate(step)
+        self._say_resumed(step, rows)
+        return EpisodeState(state.observation, state.info, done=bool(saved["env"]["done"])), rows
+
+    def _callbacks(
+        self,
+        config: ExperimentConfig,
+        recorder: RunRecorder,
+        tracker: WandbCallback | None,
+        elapsed: Callable[[], float],
+    ) -> list[Callback]:
+        """The run's own callbacks (records, checkpoints, progress, notices), then the user's."""
+        callbacks: list[Callback] = [
+            recorder,
+            Checkpointer(self.run_dir, elapsed, self.threads),
+            ProgressDisplay(self.console, config.budget, self.label),
+            self.llm_notice,
+        ]
+        if tracker is not None:
+            callbacks.append(tracker)
+        return callbacks + list(self.callbacks)
 
     def _say_resumed(self, step: int, rows: list[dict[str, Any]]) -> None:
         if self.console is None:
