@@ -180,6 +180,19 @@ def leaderboard(rows: Sequence[Mapping[str, Any]], metric: str = "aulc") -> list
     >>> board[1]["aulc_mean"], board[1]["examples_mean"]
     (0.5, 200.0)
     """
+    groups = _episodes_by_teacher(rows)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    board = [_board_row(teacher, episodes) for teacher, episodes in groups.items()]
+    key = _metric_key(metric, board)
+    sign = -1.0 if METRICS[metric][1] else 1.0
+    board.sort(key=lambda r: (sign * r[key], r["teacher"]))
+    return board
+
+
+def _episodes_by_teacher(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """The episode rows grouped by teacher; a row lacking a key or a repeated
+    (teacher, seed) pair is a ``ValueError``."""
     if len(rows) == 0:
         raise ValueError("leaderboard() needs at least one episode row")
     groups: dict[str, list[Mapping[str, Any]]] = {}
@@ -194,33 +207,29 @@ def leaderboard(rows: Sequence[Mapping[str, Any]], metric: str = "aulc") -> list
             raise ValueError(f"duplicate episode for teacher {teacher!r}, seed {row['seed']!r}")
         seen.add(key)
         groups.setdefault(teacher, []).append(row)
+    return groups
 
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-    board: list[dict[str, Any]] = []
-    for teacher, episodes in groups.items():
-        aulc_mean, aulc_ci = mean_ci95([e["aulc"] for e in episodes])
-        test_mean, test_ci = mean_ci95([e["final_test_accuracy"] for e in episodes])
-        examples_mean = math.fsum(float(e["examples_used"]) for e in episodes) / len(episodes)
-        row = {
-            "teacher": teacher,
-            "aulc_mean": aulc_mean,
-            "aulc_ci95": aulc_ci,
-            "final_test_mean": test_mean,
-            "final_test_ci95": test_ci,
-            "examples_mean": examples_mean,
-            "seeds": len(episodes),
-        }
-        if all(e.get("examples_to_target") is not None for e in episodes):
-            mean, ci = mean_ci95([float(e["examples_to_target"]) for e in episodes])
-            row["examples_to_target_mean"] = mean
-            row["examples_to_target_ci95"] = ci
-            row["target_reached"] = sum(bool(e.get("target_reached", True)) for e in episodes)
-        board.append(row)
-    key = _metric_key(metric, board)
-    sign = -1.0 if METRICS[metric][1] else 1.0
-    board.sort(key=lambda r: (sign * r[key], r["teacher"]))
-    return board
+
+def _board_row(teacher: str, episodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One teacher's leaderboard row (see :data:`LEADERBOARD_KEYS`)."""
+    aulc_mean, aulc_ci = mean_ci95([e["aulc"] for e in episodes])
+    test_mean, test_ci = mean_ci95([e["final_test_accuracy"] for e in episodes])
+    examples_mean = math.fsum(float(e["examples_used"]) for e in episodes) / len(episodes)
+    row = {
+        "teacher": teacher,
+        "aulc_mean": aulc_mean,
+        "aulc_ci95": aulc_ci,
+        "final_test_mean": test_mean,
+        "final_test_ci95": test_ci,
+        "examples_mean": examples_mean,
+        "seeds": len(episodes),
+    }
+    if all(e.get("examples_to_target") is not None for e in episodes):
+        mean, ci = mean_ci95([float(e["examples_to_target"]) for e in episodes])
+        row["examples_to_target_mean"] = mean
+        row["examples_to_target_ci95"] = ci
+        row["target_reached"] = sum(bool(e.get("target_reached", True)) for e in episodes)
+    return row
 
 
 def _metric_key(metric: str, board: Sequence[Mapping[str, Any]]) -> str:
@@ -230,6 +239,40 @@ def _metric_key(metric: str, board: Sequence[Mapping[str, Any]]) -> str:
     if any(key not in r for r in board):
         raise ValueError(f"the episodes have no {METRICS[metric][0]!r} to rank by {metric}")
     return key
+
+
+def _paired_row(
+    ref: Mapping[Any, Mapping[str, Any]],
+    episodes: Mapping[Any, Mapping[str, Any]],
+    reference: str,
+    teacher: str,
+    metric: str,
+) -> dict[str, Any]:
+    """``reference - teacher`` over the seeds both ran (see :func:`paired_differences`)."""
+    field, higher_better = METRICS[metric]
+    seeds = sorted(set(ref) & set(episodes), key=str)
+    aulc_d = [float(ref[s]["aulc"]) - float(episodes[s]["aulc"]) for s in seeds]
+    test_d = [
+        float(ref[s]["final_test_accuracy"]) - float(episodes[s]["final_test_accuracy"])
+        for s in seeds
+    ]
+    aulc_mean, aulc_ci = mean_ci95(aulc_d)
+    test_mean, test_ci = mean_ci95(test_d)
+    metric_d = [float(ref[s][field]) - float(episodes[s][field]) for s in seeds]
+    row = {
+        "reference": reference,
+        "teacher": teacher,
+        "aulc_diff_mean": aulc_mean,
+        "aulc_diff_ci95": aulc_ci,
+        "final_test_diff_mean": test_mean,
+        "final_test_diff_ci95": test_ci,
+        "wins": sum((d > 0) if higher_better else (d < 0) for d in metric_d),
+        "seeds": len(seeds),
+    }
+    if metric == "examples_to_target":
+        mean, ci = mean_ci95(metric_d)
+        row["examples_to_target_diff_mean"], row["examples_to_target_diff_ci95"] = mean, ci
+    return row
 
 
 def _pm(mean: float, ci: float, digits: int = 3) -> str:
@@ -309,37 +352,12 @@ def paired_differences(
     ref = by_teacher[reference]
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-    field, higher_better = METRICS[metric]
-    out: list[dict[str, Any]] = []
-    for teacher, episodes in by_teacher.items():
-        if teacher == reference:
-            continue
-        seeds = sorted(set(ref) & set(episodes), key=str)
-        if not seeds:
-            continue
-        aulc_d = [float(ref[s]["aulc"]) - float(episodes[s]["aulc"]) for s in seeds]
-        test_d = [
-            float(ref[s]["final_test_accuracy"]) - float(episodes[s]["final_test_accuracy"])
-            for s in seeds
-        ]
-        aulc_mean, aulc_ci = mean_ci95(aulc_d)
-        test_mean, test_ci = mean_ci95(test_d)
-        metric_d = [float(ref[s][field]) - float(episodes[s][field]) for s in seeds]
-        row = {
-            "reference": reference,
-            "teacher": teacher,
-            "aulc_diff_mean": aulc_mean,
-            "aulc_diff_ci95": aulc_ci,
-            "final_test_diff_mean": test_mean,
-            "final_test_diff_ci95": test_ci,
-            "wins": sum((d > 0) if higher_better else (d < 0) for d in metric_d),
-            "seeds": len(seeds),
-        }
-        if metric == "examples_to_target":
-            row["examples_to_target_diff_mean"], row["examples_to_target_diff_ci95"] = mean_ci95(
-                metric_d
-            )
-        out.append(row)
+    higher_better = METRICS[metric][1]
+    out = [
+        _paired_row(ref, episodes, reference, teacher, metric)
+        for teacher, episodes in by_teacher.items()
+        if teacher != reference and set(ref) & set(episodes)
+    ]
     key = {"aulc": "aulc_diff_mean", "final_test": "final_test_diff_mean"}.get(
         metric, "examples_to_target_diff_mean"
     )
