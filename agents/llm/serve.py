@@ -32,6 +32,7 @@ Why a launcher and not ``subprocess.run(["vllm", "serve", ...])``:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -312,22 +313,16 @@ def vllm_server(
 ) -> Iterator[VLLMServer]:
     """Run a vLLM OpenAI-compatible server on 127.0.0.1 for the ``with`` block.
 
-    Args:
-        model: checkpoint directory (or a hub id, where the hub is reachable:
-            pass ``env={"HF_HUB_OFFLINE": "0"}``).
-        served_model_name: the name requests use (default: ``model``).
-        dtype, max_model_len: the server's ``--dtype`` / ``--max-model-len``.
-        extra_args: more CLI arguments (``--enforce-eager`` on CPUs, where
-            compiling takes longer than most runs).
-        kv_cache_gib: the CPU backend's KV cache (``VLLM_CPU_KVCACHE_SPACE``).
-        env: extra environment variables for the server.
-        method: ``"cli"`` (``vllm serve``) or ``"module"`` (see the module doc).
-        startup_timeout_s: give up (and kill the group) after this long.
-        log_path: where the server's stdout and stderr go. By default a temp
-            file, deleted after a clean exit and kept (its path is in the
-            error) when startup fails or the block raises.
-        python: the interpreter that has vLLM (may differ from this one).
-        port: the port on 127.0.0.1 (default: a free one).
+    ``model`` is a checkpoint directory (or a hub id where the hub is reachable,
+    with ``env={"HF_HUB_OFFLINE": "0"}``); requests name it ``served_model_name``
+    (default: ``model``). ``dtype``, ``max_model_len`` and ``extra_args`` go to
+    ``vllm serve`` (pass ``--enforce-eager`` on a CPU: compiling takes longer
+    than most runs; :func:`cpu_server_args` are added there); ``kv_cache_gib``
+    is the CPU backend's KV cache;
+    ``method`` is ``"cli"`` or ``"module"`` (see the module doc). The server's
+    output goes to ``log_path``, by default a temp file deleted after a clean
+    exit and kept (its path is in the error) when startup fails or the block
+    raises. ``port`` defaults to a free one.
 
     Raises :class:`ServerStartError` (with the log's tail) when the server dies
     during startup or does not answer within ``startup_timeout_s``.
@@ -346,38 +341,12 @@ def vllm_server(
         python=python,
     )
     owns_log = log_path is None
-    if log_path is None:
-        fd, name = tempfile.mkstemp(prefix="teachgym-vllm-serve-", suffix=".log")
-        os.close(fd)
-        log_path = name
-    log_path = Path(log_path)
+    log_path = _log_file(log_path)
     start = time.monotonic()
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=server_env(kv_cache_gib=kv_cache_gib, extra=env),
-            start_new_session=True,  # its own session and process group, killed as one
-        )
+    process = _spawn(command, log_path, server_env(kv_cache_gib=kv_cache_gib, extra=env))
     server = VLLMServer(process, port, served_model_name or str(model), log_path, command=command)
     try:
-        while True:
-            code = process.poll()
-            if code is not None:
-                raise ServerStartError(
-                    f"vLLM server exited with code {code} during startup; log {log_path}:\n"
-                    f"{server.log_tail()}"
-                )
-            if _models_answer(port) is not None:
-                break
-            if time.monotonic() - start > startup_timeout_s:
-                raise ServerStartError(
-                    f"vLLM server did not answer /v1/models within {startup_timeout_s:.0f} s; "
-                    f"log {log_path}:\n{server.log_tail()}"
-                )
-            time.sleep(1.0)
+        _await_ready(server, start, startup_timeout_s)
         server.ready_s = time.monotonic() - start
         yield server
     except BaseException:
@@ -389,24 +358,54 @@ def vllm_server(
             log_path.unlink(missing_ok=True)
 
 
+def _spawn(command: Sequence[str], log_path: Path, env: Mapping[str, str]) -> Any:
+    """The server process, its output appended to ``log_path``, in a session and process
+    group of its own (so that stopping it stops everything it started)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+        )
+
+
+def _log_file(path: str | Path | None) -> Path:
+    """``path``, or a new temp file for a server log."""
+    if path is not None:
+        return Path(path)
+    fd, name = tempfile.mkstemp(prefix="teachgym-vllm-serve-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
+def _await_ready(server: VLLMServer, start: float, timeout_s: float) -> None:
+    """Poll ``/v1/models`` until the server answers; :class:`ServerStartError` (with the
+    log's tail) when it exits first or ``timeout_s`` passes."""
+    while True:
+        code = server.process.poll()
+        if code is not None:
+            raise ServerStartError(
+                f"vLLM server exited with code {code} during startup; log {server.log_path}:\n"
+                f"{server.log_tail()}"
+            )
+        if _models_answer(server.port) is not None:
+            return
+        if time.monotonic() - start > timeout_s:
+            raise ServerStartError(
+                f"vLLM server did not answer /v1/models within {timeout_s:.0f} s; "
+                f"log {server.log_path}:\n{server.log_tail()}"
+            )
+        time.sleep(1.0)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m teachgym.agents.llm.serve MODEL``: serve until Ctrl-C.
-
-    ``MODEL`` is a checkpoint directory, or ``smollm2`` for the converted
-    SmolLM2-135M-Instruct of the ``smollm2`` student preset. Arguments after
-    ``--`` go to ``vllm serve`` unchanged.
-    """
-    import argparse
-
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in args_in:
-        cut = args_in.index("--")
-        args_in, extra = args_in[:cut], args_in[cut + 1 :]
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m teachgym.agents.llm.serve",
         usage="%(prog)s MODEL [options] [-- VLLM_SERVE_ARGS ...]",
@@ -424,6 +423,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kv-cache-gib", type=int, default=None, help="CPU backend KV cache")
     parser.add_argument("--enforce-eager", action="store_true", help="skip compilation (CPUs)")
     parser.add_argument("--log", help="keep the server's log in this file (default: a temp file)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m teachgym.agents.llm.serve MODEL``: serve until Ctrl-C.
+
+    ``MODEL`` is a checkpoint directory, or ``smollm2`` for the converted
+    SmolLM2-135M-Instruct of the ``smollm2`` student preset. Arguments after
+    ``--`` go to ``vllm serve`` unchanged.
+    """
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in args_in:
+        cut = args_in.index("--")
+        args_in, extra = args_in[:cut], args_in[cut + 1 :]
+    parser = _parser()
     args = parser.parse_args(args_in)
     model: str | Path = args.model
     if args.model == "smollm2":
