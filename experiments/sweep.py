@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -47,7 +46,6 @@ from typing import Any
 import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from teachgym import assembly, registry
 from teachgym.config import (
@@ -59,20 +57,18 @@ from teachgym.config import (
     read_yaml,
 )
 from teachgym.errors import ConfigError, RunError, RunFailed
-from teachgym.experiments import plots
 from teachgym.experiments.loop import Callback, Transition
-from teachgym.experiments.rundir import ATTEMPTS, FAILURES, STEPS, RunDir, read_jsonl
-from teachgym.experiments.runner import EpisodeRunner, resolve_config
-from teachgym.experiments.stats import (
-    METRICS,
-    examples_to_target,
-    leaderboard,
-    paired_differences,
+from teachgym.experiments.reports import (
+    SESSIONS_FILE,
+    leaderboard_table,
+    paired_table,
+    write_reports,
 )
+from teachgym.experiments.rundir import ATTEMPTS, FAILURES, RunDir
+from teachgym.experiments.runner import EpisodeRunner, resolve_config
+from teachgym.experiments.stats import METRICS
 
 SPEC_FILE = "sweep.yaml"
-#: One row per driver process that worked on the sweep (a resume adds one).
-SESSIONS_FILE = "sessions.jsonl"
 
 __all__ = [
     "SweepSpec",
@@ -264,19 +260,6 @@ def run_trial_episode(
             raise
     assert summary is not None
     return summary, False
-
-
-def _episode_row(trial: Trial, summary: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "teacher": trial.label,
-        "seed": trial.seed,
-        "aulc": summary["aulc"],
-        "final_test_accuracy": summary["final_test_accuracy"],
-        "final_val_accuracy": summary["final_val_accuracy"],
-        "examples_used": summary["examples_used"],
-        "steps": summary["steps"],
-        "run_dir": trial.dirname,
-    }
 
 
 # -- Ray Tune ---------------------------------------------------------------------
@@ -580,215 +563,3 @@ def compare_teachers(
     """``teachgym compare``: the sweep's trials, one after another in this process."""
     spec = SweepSpec(config, list(teachers), seeds, dict(grid or {}))
     return run_sweep(spec, out_dir, executor="serial", console=console)
-
-
-# -- reports ----------------------------------------------------------------------
-def _trial_status(
-    run_dir: Path, sessions: Sequence[float]
-) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
-    """A trial's failures (retried ones included), the attempts a stopped driver
-    interrupted, and its attempts.
-
-    An attempt that wrote no failure and was followed by another attempt
-    either lost its process (killed, out of memory, its node gone: recorded
-    as ``WorkerLost``) or was stopped with the whole sweep when its driver
-    stopped: then a driver session began between the two attempts, and the
-    attempt is counted as interrupted, not as a failure of the trial.
-    """
-    failures = [
-        {k: f[k] for k in ("error", "message", "node")} | {"time": f.get("time", 0.0)}
-        for f in read_jsonl(run_dir / FAILURES)
-    ]
-    attempts = read_jsonl(run_dir / ATTEMPTS)
-    interrupted = 0
-    for this, after in itertools.pairwise(attempts):
-        start, end = float(this["started"]), float(after["started"])
-        if any(start <= float(f["time"]) <= end for f in failures):
-            continue
-        if any(start < t <= end for t in sessions):
-            interrupted += 1
-            continue
-        failures.append(
-            {
-                "error": "WorkerLost",
-                "message": "the trial's process died (killed, out of memory or its node "
-                "lost) and Ray Tune started it again",
-                "node": this["node"],
-                "time": start,
-            }
-        )
-    failures.sort(key=lambda f: float(f["time"]))
-    return [{k: v for k, v in f.items() if k != "time"} for f in failures], interrupted, attempts
-
-
-def write_reports(
-    out: Path,
-    trials: Sequence[Trial],
-    console: Console | None = None,
-    *,
-    metric: str = "aulc",
-    target: float = 0.9,
-) -> list[dict[str, Any]]:
-    """``episodes.json``, ``leaderboard.json``, ``paired.json``, ``comparison.png``, ``sweep.json``.
-
-    The leaderboard is ranked by ``metric`` and the paired table compares the
-    leader with each other label by it. Trials that did not finish are left
-    out of the leaderboard and listed in ``sweep.json`` with their failures;
-    every trial's failures are listed, retried ones included, and the
-    attempts that a stopped driver interrupted are counted apart.
-    """
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, list[list[float]]] = {}
-    spent: dict[str, list[list[float]]] = {}
-    status = []
-    sessions = [float(r["started"]) for r in read_jsonl(out / SESSIONS_FILE)]
-    resumed_after = sessions[1:]  # a driver session after the first one is a resume
-    for trial in trials:
-        run_dir = out / trial.dirname
-        failures, interrupted, attempts = _trial_status(run_dir, resumed_after)
-        summary = RunDir(run_dir).summary()
-        status.append(
-            {
-                "teacher": trial.label,
-                "seed": trial.seed,
-                "run_dir": trial.dirname,
-                "finished": summary is not None,
-                "attempts": len(attempts),
-                "failures": failures,
-                "interrupted_by_driver": interrupted,
-                "nodes": sorted({a["node"] for a in attempts}),
-            }
-        )
-        if summary is None:
-            continue
-        steps = read_jsonl(run_dir / STEPS)
-        row = _episode_row(trial, summary)
-        row["examples_to_target"], row["target_reached"] = examples_to_target(
-            [(float(r["examples_total"]), float(r["val_accuracy"])) for r in steps], target
-        )
-        rows.append(row)
-        curves.setdefault(trial.label, []).append([r["val_accuracy"] for r in steps])
-        spent.setdefault(trial.label, []).append([float(r["examples_total"]) for r in steps])
-    driver_stops = len(resumed_after)
-    (out / "sweep.json").write_text(
-        json.dumps(
-            {"metric": metric, "target": target, "driver_stops": driver_stops, "trials": status},
-            indent=2,
-        )
-    )
-    (out / "episodes.json").write_text(json.dumps(rows, indent=2))
-    unfinished = [s for s in status if not s["finished"]]
-    if not rows:
-        raise RunError(f"no trial of the sweep in {str(out)!r} finished; see sweep.json")
-    board = leaderboard(rows, metric)
-    # The leader against each other label, seed by seed (same seed = same initial student).
-    paired = paired_differences(rows, board[0]["teacher"], metric)
-    (out / "leaderboard.json").write_text(json.dumps(_strict(board), indent=2))
-    (out / "paired.json").write_text(json.dumps(_strict(paired), indent=2))
-    plots.plot_comparison(curves, out / "comparison.png", examples=spent)
-    if console is not None:
-        console.print(leaderboard_table(board, metric, target))
-        if paired:
-            console.print(paired_table(paired, metric, target))
-        failed = sum(len(s["failures"]) for s in status)
-        if driver_stops:
-            console.print(
-                f"the sweep's driver stopped {driver_stops} time(s) and was resumed; "
-                f"{sum(s['interrupted_by_driver'] for s in status)} trial attempt(s) it "
-                f"interrupted went on from their checkpoints",
-                highlight=False,
-            )
-        if failed or unfinished:
-            console.print(
-                f"[yellow]{failed} trial failure(s), {len(unfinished)} trial(s) unfinished: "
-                f"see {escape(str(out / 'sweep.json'))}[/yellow]"
-            )
-        console.print(
-            f"leaderboard -> {escape(str(out / 'leaderboard.json'))}, "
-            f"paired -> {escape(str(out / 'paired.json'))}",
-            highlight=False,
-        )
-    return board
-
-
-_METRIC_TITLES = {
-    "aulc": "AULC",
-    "final_test": "final test accuracy",
-    "examples_to_target": "examples to val accuracy {target:g}",
-}
-
-
-def leaderboard_table(
-    board: list[dict[str, Any]], metric: str = "aulc", target: float = 0.9
-) -> Table:
-    ranked = _METRIC_TITLES[metric].format(target=target)
-    table = Table(title=f"leaderboard, ranked by {ranked} (mean ± 95% CI over seeds)")
-    columns = ["teacher", "AULC", "final test acc"]
-    if metric == "examples_to_target":
-        columns += [f"examples to {target:g}", "reached"]
-    columns += ["examples", "seeds"]
-    for col in columns:
-        table.add_column(col, justify="left" if col == "teacher" else "right")
-    for r in board:
-        cells = [
-            escape(r["teacher"]),
-            _fmt(r["aulc_mean"], r["aulc_ci95"]),
-            _fmt(r["final_test_mean"], r["final_test_ci95"]),
-        ]
-        if metric == "examples_to_target":
-            cells += [
-                _fmt(r["examples_to_target_mean"], r["examples_to_target_ci95"], digits=0),
-                f"{r['target_reached']}/{r['seeds']}",
-            ]
-        cells += [f"{r['examples_mean']:.0f}", str(r["seeds"])]
-        table.add_row(*cells)
-    return table
-
-
-def paired_table(paired: list[dict[str, Any]], metric: str = "aulc", target: float = 0.9) -> Table:
-    leader = paired[0]["reference"]
-    ranked = _METRIC_TITLES[metric].format(target=target)
-    table = Table(
-        title=f"{escape(leader)} minus each teacher, paired by seed (mean ± 95% CI); "
-        f"wins by {ranked}"
-    )
-    columns = ["teacher", "Δ AULC", "Δ final test acc"]
-    if metric == "examples_to_target":
-        columns.append(f"Δ examples to {target:g}")
-    columns.append("wins")
-    for col in columns:
-        table.add_column(col, justify="left" if col == "teacher" else "right")
-    for r in paired:
-        cells = [
-            escape(r["teacher"]),
-            _fmt(r["aulc_diff_mean"], r["aulc_diff_ci95"], signed=True),
-            _fmt(r["final_test_diff_mean"], r["final_test_diff_ci95"], signed=True),
-        ]
-        if metric == "examples_to_target":
-            cells.append(
-                _fmt(
-                    r["examples_to_target_diff_mean"],
-                    r["examples_to_target_diff_ci95"],
-                    signed=True,
-                    digits=0,
-                )
-            )
-        cells.append(f"{r['wins']}/{r['seeds']}")
-        table.add_row(*cells)
-    return table
-
-
-def _fmt(mean: float, ci: float, signed: bool = False, digits: int = 3) -> str:
-    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    return f"{text} ± {ci:.{digits}f}" if not math.isnan(ci) else text
-
-
-def _strict(obj: Any) -> Any:
-    """NaN (a one-seed CI) as null, so the JSON files are strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj

@@ -431,7 +431,7 @@ def test_verify_reasons(task: CodeTask) -> None:
 
 
 def test_refuses_without_isolation_unless_unsafe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox, "_default_bwrap", lambda: "/nonexistent/bwrap")
+    monkeypatch.setattr(sandbox.box, "_default_bwrap", lambda: "/nonexistent/bwrap")
     with pytest.raises(SandboxUnavailable, match=r"unsafe=True .*task_kwargs: \{unsafe: true\}"):
         CodeTask(FIXTURE, val_size=2, test_size=3)
     if os.geteuid() == 0 and not sandbox._world_usable(sys.executable):
@@ -441,7 +441,7 @@ def test_refuses_without_isolation_unless_unsafe(monkeypatch: pytest.MonkeyPatch
         if not sandbox._world_usable("/usr/bin/python3"):
             return
         monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
-    monkeypatch.setattr(sandbox, "_warned_unsafe", False)
+    monkeypatch.setattr(sandbox.box, "_warned_unsafe", False)
     unsafe = CodeTask(FIXTURE, val_size=2, test_size=3, unsafe=True, timeout_s=3.0)
     assert unsafe.pool.sandbox.isolated is False
     problems = unsafe.problems("test")
@@ -478,7 +478,7 @@ def test_the_cli_reports_missing_isolation_as_a_one_line_user_error(
     from teachgym.config import default_config_path
     from teachgym.experiments.cli import main
 
-    monkeypatch.setattr(sandbox, "_default_bwrap", lambda: "/nonexistent/bwrap")
+    monkeypatch.setattr(sandbox.box, "_default_bwrap", lambda: "/nonexistent/bwrap")
     config = Path(default_config_path()).with_name("humaneval_cpu.yaml")
     code = main(["run", str(config), f"task_kwargs.path={FIXTURE}", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err

@@ -266,7 +266,7 @@ def unsafe_never_root() -> None:
         with pytest.raises(SandboxUnavailable, match="as root"):
             Sandbox(bwrap="/nonexistent/bwrap", unsafe=True, python=str(where / "python3"))
         if sandbox._world_usable("/usr/bin/python3"):
-            sandbox._warned_unsafe = True
+            sandbox.box._warned_unsafe = True
             box = Sandbox(bwrap="/nonexistent/bwrap", unsafe=True, python="/usr/bin/python3")
             code = "import os\ntry:\n    open('/etc/shadow').read()\n    print('READ')\n"
             code += "except OSError as e:\n    print(e.errno, os.getuid())\n"

@@ -453,7 +453,7 @@ def test_without_isolation_running_needs_unsafe(monkeypatch: pytest.MonkeyPatch)
         Sandbox(bwrap=missing)
     with pytest.raises(SandboxUnavailable, match="unsafe=True"):
         SandboxPool(2, bwrap=missing)
-    monkeypatch.setattr(sandbox, "_warned_unsafe", False)
+    monkeypatch.setattr(sandbox.box, "_warned_unsafe", False)
     box = Sandbox(bwrap=missing, unsafe=True, python=usable_python())
     with pytest.warns(RuntimeWarning, match="WITHOUT"):
         result = box.run("import os\nprint(os.getcwd() != '/sandbox')", timeout_s=3)
@@ -464,7 +464,7 @@ def test_without_isolation_running_needs_unsafe(monkeypatch: pytest.MonkeyPatch)
 def test_unsafe_mode_keeps_timeout_and_limits(
     monkeypatch: pytest.MonkeyPatch, scratch_root: Path
 ) -> None:
-    monkeypatch.setattr(sandbox, "_warned_unsafe", True)
+    monkeypatch.setattr(sandbox.box, "_warned_unsafe", True)
     box = Sandbox(
         Limits(memory_bytes=256 << 20), bwrap="/nonexistent/bwrap", unsafe=True,
         python=usable_python(),
@@ -488,7 +488,7 @@ def test_unsafe_mode_keeps_timeout_and_limits(
 def test_unsafe_mode_as_root_uses_a_private_id_and_kills_its_daemons(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sandbox, "_warned_unsafe", True)
+    monkeypatch.setattr(sandbox.box, "_warned_unsafe", True)
     box = Sandbox(bwrap="/nonexistent/bwrap", unsafe=True, python="/usr/bin/python3")
     marker = f"escaped-{uuid.uuid4().hex}"
     code = (
@@ -820,7 +820,8 @@ def test_filter_tables_match_the_kernel_abi() -> None:
     for arch, (audit, numbers) in sandbox._ARCHES.items():
         for name, nr in numbers.items():
             assert resolve(audit, name.encode()) == nr, (arch, name)
-        for name in sandbox._DENIED + sandbox._DENIED_UNACCOUNTED:  # none left out by mistake
+        denied = sandbox.seccomp._DENIED + sandbox._DENIED_UNACCOUNTED
+        for name in denied:  # none left out by mistake
             assert name in numbers or resolve(audit, name.encode()) < 0, (arch, name)
 
 
@@ -901,8 +902,10 @@ def test_a_fresh_session_keyring_even_where_keyctl_is_allowed(
 ) -> None:
     """The second layer: with the key calls let through, the parent's keyring is not possessed."""
     key, desc = parent_key
-    denied = tuple(n for n in sandbox._DENIED if n not in ("keyctl", "add_key", "request_key"))
-    monkeypatch.setattr(sandbox, "_DENIED", denied)
+    denied = tuple(
+        n for n in sandbox.seccomp._DENIED if n not in ("keyctl", "add_key", "request_key")
+    )
+    monkeypatch.setattr(sandbox.seccomp, "_DENIED", denied)
     sandbox.seccomp_filter.cache_clear()
     try:
         result = Sandbox().run(keyring_attack(key, desc), timeout_s=5)
@@ -1046,7 +1049,7 @@ def unsafe_cleanup_batch(victims: Path, python: str) -> dict:
     tempfile.tempdir = str(victims)
     try:
         pool = SandboxPool(2, bwrap="/nonexistent/bwrap", unsafe=True, python=python)
-        sandbox._warned_unsafe = True
+        sandbox.box._warned_unsafe = True
         codes = ["print('before')", BREAK_CLEANUP, "print('after')"]
         args = [str(victim), str(victim_dir)]
         results = pool.map_with(lambda box, c: box.run(c, timeout_s=20, args=args), codes)
