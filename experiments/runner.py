@@ -25,6 +25,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -52,6 +53,7 @@ from teachgym.experiments.rundir import (
     write_jsonl,
 )
 from teachgym.experiments.stats import aulc
+from teachgym.experiments.tracking import WandbTracker
 from teachgym.runtime import default_threads, machine_fingerprint
 
 __all__ = [
@@ -148,8 +150,6 @@ class Checkpointer(Callback):
         self.save(env, teacher, transition.info)
 
     def save(self, env: Any, teacher: Any, info: dict[str, Any]) -> None:
-        import torch
-
         core = env.unwrapped
         env_state = core.state_dict()
         with self.run_dir.write_checkpoint(int(env_state["step"])) as tmp:
@@ -273,8 +273,6 @@ class WandbCallback(Callback):
         recorder: RunRecorder,
         group: str | None = None,
     ) -> None:
-        from teachgym.experiments.tracking import WandbTracker
-
         self.tracker = WandbTracker(config, out, group=group)
         self.recorder = recorder
 
@@ -515,8 +513,6 @@ class EpisodeRunner:
         )
 
     def _restore(self, env: gym.Env, teacher: Any, ckpt: Path, state: dict[str, Any]) -> Any:
-        import torch
-
         core = env.unwrapped
         env.reset(seed=self.config.seed)  # builds episode structures; then overwritten
         core.student.load(ckpt / "student")

@@ -133,6 +133,7 @@ import secrets
 import select
 import shutil
 import signal
+import site
 import stat
 import struct
 import subprocess
@@ -756,8 +757,6 @@ def isolation_available(bwrap: str | os.PathLike[str] | None = None) -> bool:
 def _site_dirs(python: str) -> tuple[str, ...]:
     """The interpreter's site-packages directories (what ``site`` would add, minus ``.pth``)."""
     if python == sys.executable:
-        import site
-
         dirs = site.getsitepackages()
     else:
         try:

@@ -32,6 +32,7 @@ Why a launcher and not ``subprocess.run(["vllm", "serve", ...])``:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from teachgym.runtime import cuda_available
+from teachgym.students.smollm2 import smollm2_checkpoint
 
 # The privacy switches live in the core (students use them too); re-exported from here.
 from teachgym.vllm_support import NO_USAGE_STATS as NO_USAGE_STATS
@@ -400,8 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     SmolLM2-135M-Instruct of the ``smollm2`` student preset. Arguments after
     ``--`` go to ``vllm serve`` unchanged.
     """
-    import argparse
-
     args_in = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in args_in:
@@ -427,8 +427,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_in)
     model: str | Path = args.model
     if args.model == "smollm2":
-        from teachgym.students.smollm2 import smollm2_checkpoint
-
         model = smollm2_checkpoint()
     if args.enforce_eager:
         extra = ["--enforce-eager", *extra]
