@@ -57,7 +57,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, create_model
 
 from teachgym.agents.llm import LLMClient, LLMReply, LLMRequest, Sampling
-from teachgym.agents.llm.prompt_file import read_sections
+from teachgym.agents.llm.prompt_file import load_prompt_file
 from teachgym.types import Problem
 
 __all__ = [
@@ -255,26 +255,8 @@ def load_discovery_prompts(path: str | Path) -> tuple[dict[str, string.Template]
     Checked before any request (every section present, every placeholder known), so a
     typo in a custom prompt fails before anything is paid for; errors name the file.
     """
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ValueError(f"cannot read prompt_file {str(path)!r}: {err.strerror or err}") from None
-    bodies = read_sections(text, _SECTIONS, path)
-    templates = {k: string.Template(v) for k, v in bodies.items()}
-    for name, template in templates.items():
-        if not template.is_valid():
-            raise ValueError(
-                f"prompt_file {str(path)!r} [{name}]: a '$' starts no valid placeholder; "
-                f"write '$$' for a literal dollar sign"
-            )
-        unknown = sorted(set(template.get_identifiers()) - set(_PLACEHOLDERS))
-        if unknown:
-            raise ValueError(
-                f"prompt_file {str(path)!r} [{name}]: unknown placeholder ${unknown[0]}; "
-                f"known: {', '.join('$' + p for p in _PLACEHOLDERS)}"
-            )
-    return templates, text
+    loaded = load_prompt_file(path, placeholders=_PLACEHOLDERS, sections=_SECTIONS)
+    return dict(loaded.templates), loaded.text
 
 
 def discovery_key(

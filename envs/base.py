@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import string
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,37 +33,14 @@ from teachgym.envs.filtering import ExampleFilter
 from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.base import Split, Task, TaskCapabilities
 from teachgym.students.base import Closable, HasHorizon, ScoresOwnShards, Student
+from teachgym.text_formats import bad_text_chars as bad_text_chars
+from teachgym.text_formats import clean_text as clean_text
+from teachgym.text_formats import is_text_char
 from teachgym.types import Allocation, EvalReport, Example, Prediction
 
 #: Printable ASCII with whitespace. No longer the charset of any space (see
 #: :class:`UnicodeText`); kept for code that wants an ASCII-only check.
 PRINTABLE = frozenset(string.printable)
-
-
-def is_text_char(ch: str) -> bool:
-    """Whether ``ch`` may appear in a teachgym Text observation or action.
-
-    Any Unicode character except control characters (category ``Cc``: NUL,
-    carriage return, escape, ...) and lone surrogates (``Cs``, which cannot
-    be encoded as UTF-8 and so could not be logged); newline and tab are the
-    two controls allowed, because plans and observations are multi-line.
-    Format characters (``Cf``, e.g. a zero-width joiner) and symbols such as
-    "×", "–" or "é" pass: an LLM writes them, and refusing them would turn a
-    fine plan into an env error.
-    """
-    if ch in "\n\t":
-        return True
-    return unicodedata.category(ch) not in ("Cc", "Cs")
-
-
-def bad_text_chars(text: str) -> list[str]:
-    """The distinct characters of ``text`` that :func:`is_text_char` refuses, sorted."""
-    return sorted({ch for ch in text if not is_text_char(ch)})
-
-
-def clean_text(text: str, replacement: str = "?") -> str:
-    """``text`` with every refused character replaced, so it fits a :class:`UnicodeText`."""
-    return "".join(ch if is_text_char(ch) else replacement for ch in text)
 
 
 class UnicodeText(spaces.Text):

@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from teachgym.config import ExperimentConfig
-from teachgym.envs.base import Parts, TeacherEnv, UnicodeText, bad_text_chars, clean_text
+from teachgym.envs.base import Parts, TeacherEnv, UnicodeText
+from teachgym.text_formats import (
+    OPEN_ENDED_MAX_CHARS,
+    PLAN_MAX_CHARS,
+    bad_text_chars,
+    write_open_ended,
+)
 from teachgym.types import TextPlan
 
-OBSERVATION_MAX_CHARS = 8192
-PLAN_MAX_CHARS = 4000
+#: The observation's length limit (the format's, see :mod:`teachgym.text_formats`).
+OBSERVATION_MAX_CHARS = OPEN_ENDED_MAX_CHARS
 
 
 class OpenEndedEnv(TeacherEnv):
@@ -46,6 +52,9 @@ class OpenEndedEnv(TeacherEnv):
     | header line   | step, validation accuracy, examples left in the budget    |
     | skills line   | the names a plan may use                                  |
     | error lines   | ``prompt -> student answer (expected gold)``, one each     |
+
+    :func:`teachgym.text_formats.write_open_ended` writes it and
+    :func:`~teachgym.text_formats.parse_open_ended` reads it back.
 
     ## Rewards
 
@@ -117,16 +126,11 @@ class OpenEndedEnv(TeacherEnv):
         return TextPlan(text=text)
 
     def observe(self) -> str:
-        report = self.report
-        lines = [
-            f"step {self._step_count} | validation accuracy {report.accuracy:.3f} | "
-            f"budget left {self.budget_left} of {self.config.budget} examples",
-            "skills: " + ", ".join(self.skills),
-            "errors (prompt -> student answer (expected gold)):",
-        ]
-        lines += [
-            f"{e.prompt} -> {e.student_answer or '<empty>'} (expected {e.gold_answer})"
-            for e in report.errors
-        ]
-        text = "\n".join(lines)
-        return clean_text(text)[:OBSERVATION_MAX_CHARS]
+        return write_open_ended(
+            step=self._step_count,
+            accuracy=self.report.accuracy,
+            budget_left=self.budget_left,
+            budget=self.config.budget,
+            skills=self.skills,
+            errors=self.report.errors,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,9 +13,11 @@ from pydantic import ValidationError
 from teachgym.config import ExperimentConfig
 from teachgym.envs.base import Parts, TeacherEnv, UnicodeText
 from teachgym.envs.skills import SkillTree
+from teachgym.text_formats import SKILL_TREE_MAX_CHARS, TreeNode, write_tree
 from teachgym.types import Allocation, TreeAction
 
-OBSERVATION_MAX_CHARS = 16384
+#: The ``tree`` text's length limit (the format's, see :mod:`teachgym.text_formats`).
+OBSERVATION_MAX_CHARS = SKILL_TREE_MAX_CHARS
 _SEGMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -101,6 +104,8 @@ class SkillTreeEnv(TeacherEnv):
     | `budget_left` | Box(0, budget, (1,))   | examples the student may still train on         |
 
     ``info["tree"]`` has the same per-node data as a list of dicts.
+    :func:`teachgym.text_formats.write_tree` writes the text and
+    :func:`~teachgym.text_formats.parse_tree` reads it back.
 
     ## Rewards
 
@@ -241,39 +246,27 @@ class SkillTreeEnv(TeacherEnv):
         self._alloc = alloc
 
     # -- observation and state -------------------------------------------
-    def _node_rows(self) -> list[dict[str, Any]]:
+    def _nodes(self) -> list[TreeNode]:
         report = self.report
-        rows = []
+        nodes = []
         for node in self.tree.nodes:
             stats = [s for k, s in report.skills.items() if k == node or k.startswith(node + "/")]
             n = sum(s.total for s in stats)
             acc = sum(s.correct for s in stats) / n if n else None
             leaf = not self.tree.children(node)
-            rows.append(
-                {
-                    "skill": node,
-                    "accuracy": acc,
-                    "n": n,
-                    "allocation": self._alloc.get(node, 0) if leaf else None,
-                }
-            )
-        return rows
+            alloc = self._alloc.get(node, 0) if leaf else None
+            nodes.append(TreeNode(skill=node, accuracy=acc, n=n, allocation=alloc))
+        return nodes
 
     def observe(self) -> dict[str, Any]:
-        lines = []
-        for row in self._node_rows():
-            depth = row["skill"].count("/")
-            acc = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-            line = f"{'  ' * depth}{row['skill']}  acc={acc} n={row['n']}"
-            if row["allocation"] is not None:
-                line += f" alloc={row['allocation']}"
-            lines.append(line)
-        text = "\n".join(lines)[:OBSERVATION_MAX_CHARS]
-        return {"tree": text, "budget_left": np.array([self.budget_left], dtype=np.float32)}
+        return {
+            "tree": write_tree(self._nodes()),
+            "budget_left": np.array([self.budget_left], dtype=np.float32),
+        }
 
     def _info(self, **extra: Any) -> dict[str, Any]:
         info = super()._info(**extra)
-        info["tree"] = self._node_rows()
+        info["tree"] = [dataclasses.asdict(node) for node in self._nodes()]
         info["allocation"] = dict(self._alloc)
         return info
 

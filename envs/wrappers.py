@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from teachgym.config import ENV_KINDS
 from teachgym.envs.base import TeacherEnv
 
 
@@ -36,7 +37,7 @@ class FlatSkillList(gym.ObservationWrapper):
             "examples_used",
             "budget_left",
         }:
-            raise TypeError("FlatSkillList wraps teachgym/SkillList-v0 only")
+            raise TypeError(f"FlatSkillList wraps {ENV_KINDS['skill_list']} only")
         k = len(cast(TeacherEnv, env.unwrapped).skills)
         self._budget = float(cast(TeacherEnv, env.unwrapped).config.budget)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(2 * k + 1,), dtype=np.float32)

@@ -27,9 +27,12 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from teachgym import __version__
+from teachgym import __version__, registry
 from teachgym.config import load_config, packaged_configs, parse_cli_overrides
+from teachgym.envs.registration import ENV_ENTRY_POINTS
 from teachgym.errors import ConfigError, RunFailed, UserError
+from teachgym.experiments.runner import resume_experiment, run_experiment
+from teachgym.experiments.sweep import SweepSpec, parse_grid, resume_sweep, run_sweep
 
 #: What ``teachgym list`` can show.
 LIST_KINDS = ("teachers", "students", "tasks", "generators", "envs", "configs")
@@ -61,8 +64,6 @@ def _config_label(config_path: str | None) -> str:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from teachgym.experiments.runner import resume_experiment, run_experiment
-
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.resume:
@@ -88,8 +89,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _sweep_spec(args: argparse.Namespace, *, threads_default: int | None) -> tuple[Any, Path]:
-    from teachgym.experiments.sweep import SweepSpec, parse_grid
-
     config_path, overrides = _split_config_and_overrides(args.items)
     config = load_config(config_path, parse_cli_overrides(overrides))
     if config.threads is None and threads_default is not None:
@@ -115,16 +114,12 @@ def _sweep_spec(args: argparse.Namespace, *, threads_default: int | None) -> tup
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from teachgym.experiments.sweep import run_sweep
-
     spec, out = _sweep_spec(args, threads_default=None)
     run_sweep(spec, out, executor="serial", console=console)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from teachgym.experiments.sweep import resume_sweep, run_sweep
-
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.resume:
@@ -159,9 +154,6 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 def _listing(kind: str) -> list[tuple[str, str]]:
     """(name, one line of doc) for each thing of ``kind`` that a config can name."""
-    from teachgym import registry
-    from teachgym.envs.registration import ENV_ENTRY_POINTS
-
     if kind == "configs":
         return [(name, doc) for name, doc in packaged_configs().items()]
     if kind == "envs":

@@ -1,10 +1,10 @@
 """PNG plots of a run (learning curve, per-skill heatmap) and of a teacher comparison.
 
-Every function selects matplotlib's non-interactive "Agg" backend itself before importing
-pyplot, so plotting works on headless machines (clusters, CI, Ray workers) without a display
-and without the caller having to configure anything. Each function writes exactly one file,
-creates its parent directory, and closes its figure so that long sweeps do not accumulate
-open figures and leak memory.
+Every function builds its figure with matplotlib's object API (``Figure``, never pyplot),
+which renders PNG with Agg: plotting works on headless machines (clusters, CI, Ray workers)
+without a display, changes no process-wide backend of the caller's, and leaves no figure
+registered anywhere, so long sweeps do not accumulate open figures. Each function writes
+exactly one file and creates its parent directory.
 """
 
 from __future__ import annotations
@@ -13,37 +13,23 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
 
 from teachgym.experiments.stats import mean_ci95
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 __all__ = ["plot_allocation", "plot_comparison", "plot_learning_curve", "plot_skill_heatmap"]
 
 DPI = 120
 
 
-def _pyplot() -> Any:
-    """Import pyplot with the Agg backend, so no display is ever needed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` as PNG to ``path`` (creating the parent dirs), then close it."""
-    plt = _pyplot()
+    """Write ``fig`` as PNG to ``path`` (creating the parent dirs)."""
     out = Path(path)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=DPI, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI, format="png", bbox_inches="tight")
 
 
 def _sorted_steps(rows: Sequence[Mapping[str, Any]], what: str) -> list[Mapping[str, Any]]:
@@ -95,7 +81,6 @@ def plot_learning_curve(
     runs can be compared by eye. ``skills`` orders the legend (the env's skill order).
     """
     ordered = _sorted_steps(rows, "plot_learning_curve")
-    plt = _pyplot()
     steps = [int(r["step"]) for r in ordered]
     overall = [float(r["val_accuracy"]) for r in ordered]
     names = _skill_names(ordered, skills)
@@ -106,9 +91,8 @@ def plot_learning_curve(
     if has_examples:
         axes_x.append(([float(r["examples_total"]) for r in ordered], "examples trained on"))
 
-    fig, axes = plt.subplots(
-        1, len(axes_x), figsize=(6.0 * len(axes_x) + 3.0, 5.0), sharey=True, squeeze=False
-    )
+    fig = Figure(figsize=(6.0 * len(axes_x) + 3.0, 5.0))
+    axes = fig.subplots(1, len(axes_x), sharey=True, squeeze=False)
     for ax, (xs, label) in zip(axes[0], axes_x, strict=True):
         for skill in names:
             ax.plot(
@@ -227,9 +211,6 @@ def _heatmap(
 ) -> None:
     """A skills × steps heatmap; cells span halfway to the neighbouring steps, so uneven
     step numbers still line up, and a NaN cell is left blank rather than shown as 0."""
-    plt = _pyplot()
-    import numpy as np
-
     steps = np.array([int(r["step"]) for r in ordered], dtype=float)
     grid = np.ma.masked_invalid(np.array(values, dtype=float))
     if len(steps) == 1:
@@ -242,7 +223,8 @@ def _heatmap(
     y_edges = np.arange(len(names) + 1) - 0.5
 
     height = min(2.0 + 0.3 * len(names), 30.0)
-    fig, ax = plt.subplots(figsize=(9.0, height))
+    fig = Figure(figsize=(9.0, height))
+    ax = fig.subplots()
     mesh = ax.pcolormesh(x_edges, y_edges, grid, vmin=limits[0], vmax=limits[1], cmap=cmap)
     ax.set_yticks(np.arange(len(names)))
     ax.set_yticklabels(names)
@@ -279,11 +261,9 @@ def plot_comparison(
             raise ValueError(f"plot_comparison: teacher {teacher!r} has no curves")
         if any(len(c) == 0 for c in seeds):
             raise ValueError(f"plot_comparison: teacher {teacher!r} has an empty curve")
-    plt = _pyplot()
     panels = 2 if examples else 1
-    fig, axes = plt.subplots(
-        1, panels, figsize=(6.0 * panels + 3.0, 5.0), sharey=True, squeeze=False
-    )
+    fig = Figure(figsize=(6.0 * panels + 3.0, 5.0))
+    axes = fig.subplots(1, panels, sharey=True, squeeze=False)
     for teacher, seeds in curves.items():
         length = min(len(c) for c in seeds)
         stats = [mean_ci95([float(c[i]) for c in seeds]) for i in range(length)]

@@ -25,6 +25,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,6 +61,7 @@ from teachgym.experiments.rundir import (
     write_jsonl,
 )
 from teachgym.experiments.stats import aulc
+from teachgym.experiments.tracking import WandbTracker
 from teachgym.runtime import default_threads, machine_fingerprint
 
 __all__ = [
@@ -164,8 +166,6 @@ class Checkpointer(Callback):
         self.save(env, teacher, transition.info)
 
     def save(self, env: Any, teacher: Any, info: dict[str, Any]) -> None:
-        import torch
-
         episode = _handle(self)
         env_state = episode.state_dict()
         with self.run_dir.write_checkpoint(int(env_state["step"])) as tmp:
@@ -289,8 +289,6 @@ class WandbCallback(Callback):
         recorder: RunRecorder,
         group: str | None = None,
     ) -> None:
-        from teachgym.experiments.tracking import WandbTracker
-
         self.tracker = WandbTracker(config, out, group=group)
         self.recorder = recorder
 
@@ -545,8 +543,6 @@ class EpisodeRunner:
         )
 
     def _restore(self, env: gym.Env, teacher: Any, ckpt: Path, state: dict[str, Any]) -> Any:
-        import torch
-
         episode = episode_of(env)
         if episode is None:
             raise RunError(f"cannot resume on {type(env).__name__}: it has no Episode handle")

@@ -56,6 +56,7 @@ from teachgym.config import (
     parse_cli_overrides,
     read_yaml,
 )
+from teachgym.distributed import check_feasible, connect, role_bundles, runtime_env_for
 from teachgym.errors import ConfigError, RunError, RunFailed
 from teachgym.experiments.loop import Callback, Transition
 from teachgym.experiments.reports import (
@@ -273,8 +274,6 @@ def trial_resources(config: ExperimentConfig) -> tuple[list[dict[str, float]], s
     actors get the bundles after it (``teachgym.distributed.place`` puts them
     there, in this order).
     """
-    from teachgym.distributed import role_bundles
-
     strategy = "PACK" if config.resources.placement == "colocate" else "SPREAD"
     if config.backend == "local":
         head: dict[str, float] = {"CPU": float(config.threads or 1)}
@@ -417,8 +416,6 @@ def _run_tune(
     console: Console | None,
     max_concurrent: int | None = None,
 ) -> None:
-    from teachgym.distributed import check_feasible, connect, runtime_env_for
-
     # A checkpoint per step is the point (exact resume); don't warn about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect(runtime_env_for(t.config for t in trials))

@@ -10,6 +10,7 @@ wandb run instead of starting a duplicate.
 from __future__ import annotations
 
 import hashlib
+import netrc
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,8 +58,6 @@ def wandb_mode() -> str:
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
-        import netrc
-
         if netrc.netrc().authenticators("api.wandb.ai"):
             return "online"
     except (OSError, netrc.NetrcParseError):

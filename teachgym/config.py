@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -448,8 +449,6 @@ def default_config_path() -> Path:
 
 
 def _configs_dir() -> Path:
-    from importlib.resources import files
-
     return Path(str(files("teachgym.experiments") / "configs"))
 
 

@@ -13,6 +13,9 @@ import platform
 import random
 from pathlib import Path
 
+import numpy as np
+import torch
+
 
 def default_threads() -> int:
     """Threads for CPU torch when the config leaves ``threads`` unset: every core, at most 8.
@@ -27,8 +30,6 @@ def set_torch_threads(threads: int) -> None:
     """Set torch's intra-op thread count (process-wide)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -39,23 +40,13 @@ def seed_everything(seed: int) -> None:
     components that use the global ones, and it runs before any component is
     built so that their construction is seeded too.
     """
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
-    try:
-        import torch
-    except ImportError:  # a torch-free driver
-        return
     torch.manual_seed(seed)
 
 
 def cuda_available() -> bool:
-    """Is there a CUDA GPU for torch here? ``False`` without torch."""
-    try:
-        import torch
-    except ImportError:
-        return False
+    """Is there a CUDA GPU for torch here?"""
     return bool(torch.cuda.is_available())
 
 
@@ -79,10 +70,4 @@ def cpu_name() -> str:
 
 def machine_fingerprint(threads: int) -> dict[str, object]:
     """What decides the floats of a CPU run besides the config: CPU, threads, torch."""
-    try:
-        import torch
-
-        torch_version = str(torch.__version__)
-    except ImportError:
-        torch_version = None
-    return {"cpu": cpu_name(), "threads": threads, "torch": torch_version}
+    return {"cpu": cpu_name(), "threads": threads, "torch": str(torch.__version__)}

@@ -363,7 +363,7 @@ def test_prompt_file_replaces_the_packaged_template(fast, tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("acc $acuracy", r"unknown variable\(s\) \$acuracy; known: .*\$accuracy"),
+        ("acc $acuracy", r"unknown placeholder\(s\) \$acuracy; known: .*\$accuracy"),
         ("cost $5", "write '\\$\\$'"),
     ],
 )

@@ -395,7 +395,7 @@ def test_prompt_files_are_checked(server: StandIn, tmp_path: Path) -> None:
     assert set(templates) == {"system", "name", "group", "label"} and "$problems" in text
     typo = tmp_path / "typo.txt"
     typo.write_text(text.replace("$max_skills broad", "$max_skill broad"))
-    with pytest.raises(ValueError, match=r"\[group\]: unknown placeholder \$max_skill;"):
+    with pytest.raises(ValueError, match=r"\[group\]: unknown placeholder\(s\) \$max_skill;"):
         discover_skills(problems(2), client_for(server), dataset="toy", prompt_file=typo)
     missing = tmp_path / "missing.txt"
     missing.write_text(text.split("\n[label]\n")[0])

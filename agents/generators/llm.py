@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from teachgym.agents.generators.base import GenerationContext, Plan
 from teachgym.agents.generators.procedural import parse_text_plan, source_skills
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
-from teachgym.agents.llm.prompt_file import read_sections
+from teachgym.agents.llm.prompt_file import load_prompt_file
 from teachgym.envs.tasks.base import TaskCapabilities
 from teachgym.types import (
     Allocation,
@@ -131,23 +131,8 @@ def load_prompts(path: str | Path) -> dict[str, string.Template]:
     Checked at construction (every section present, no unknown placeholder), so
     a typo in a custom prompt fails before any request is paid for.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"prompt_file {str(path)!r} does not exist")
-    bodies = read_sections(path.read_text(encoding="utf-8"), _SECTIONS, path)
-    templates = {k: string.Template(v) for k, v in bodies.items()}
-    dummy = dict.fromkeys(_PLACEHOLDERS, "x")
-    for name, template in templates.items():
-        try:
-            template.substitute(dummy)
-        except KeyError as err:
-            raise ValueError(
-                f"prompt_file {str(path)!r} [{name}]: unknown placeholder ${err.args[0]}; "
-                f"known: {', '.join('$' + p for p in _PLACEHOLDERS)}"
-            ) from None
-        except ValueError as err:
-            raise ValueError(f"prompt_file {str(path)!r} [{name}]: {err}") from None
-    return templates
+    loaded = load_prompt_file(path, placeholders=_PLACEHOLDERS, sections=_SECTIONS)
+    return dict(loaded.templates)
 
 
 class LLMGenerator:

@@ -4,17 +4,18 @@ It is the default data engine because its answers are correct by construction,
 which isolates what the teacher controls (which skills, how much) from data
 quality. It serves all three plan kinds; a free-text plan is read as lines that
 pair a skill with a count (``add/carry: 300``), which is what an LLM teacher is
-prompted to write for this generator.
+prompted to write for this generator (the format's writer and reader are in
+:mod:`teachgym.text_formats`).
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from teachgym.agents.generators.base import GenerationContext, Plan
 from teachgym.envs.tasks.base import Task, TaskCapabilities
+from teachgym.text_formats import parse_text_plan as parse_text_plan
 from teachgym.types import (
     Allocation,
     Example,
@@ -24,83 +25,6 @@ from teachgym.types import (
     TreeAction,
     normalize_prompt,
 )
-
-# A skill name starts with a letter, so "50 x borrow" is not read as skill "5"; it
-# is a whole word (never the tail or head of a longer token), so "add/carry300"
-# is not read as skill "add/carry3" with count 00.
-_NAME = r"(?<![\w./-])[A-Za-z][\w./-]*(?![\w./-])"
-# A count: digits, or digits grouped by commas ("1,000"); not part of a longer token.
-_COUNT = r"(?<![\w./,-])(\d{1,3}(?:,\d{3})+|\d+)(?![\w,]*\d)(?![ \t]*%)"
-# What may stand between a name and its count, on one line: spaces, ":", "=", "*",
-# "x" or the multiplication sign "×", hyphens and dashes ("-", "–", "—"), arrows,
-# an opening parenthesis, markdown emphasis.
-_SEP = r"[ \t:=*×xX–—\-(>→_]*"
-# Words an LLM puts between a count and the skill: "300 examples of add/carry".
-_WORDS = (
-    r"(?:(?:new|more|extra|additional)[ \t]+)?"
-    r"(?:examples?|problems?|items?|questions?|exercises?)"
-    r"(?:[ \t]+(?:of|for|on|in|with|about))?[ \t:]*"
-)
-_NAME_FIRST = re.compile(rf"({_NAME}){_SEP}{_COUNT}")
-_COUNT_FIRST = re.compile(rf"{_COUNT}{_SEP}(?:{_WORDS})?({_NAME})")
-
-
-def parse_text_plan(text: str, skills: Sequence[str]) -> Allocation:
-    """Read ``skill: count`` pairs (either order) from free text.
-
-    A skill may be named by its full path or by a unique last segment, in any
-    letter case. Counts for the same skill add up; unknown names are ignored.
-    What an LLM writes around the pairs is tolerated: list bullets (``-``,
-    ``*``, ``•``, ``1.``), the separators ``:``, ``=``, ``x``, ``×``, ``-``,
-    ``–`` and ``—``, markdown emphasis, a parenthesis, counts grouped with
-    commas (``1,000``), and words such as ``examples of``. A pair never spans
-    two lines. When a count could belong to the name before it or the name
-    after it (``5 sub/borrow 2``), a name followed by its own count keeps it.
-
-    >>> skills = ["add/carry", "sub/borrow"]
-    >>> parse_text_plan("Focus on carries.\\nadd/carry: 300\\n50 x borrow", skills)
-    Allocation(counts={'add/carry': 300, 'sub/borrow': 50})
-    >>> parse_text_plan("• add/carry × 300\\n– 1,000 examples of sub/borrow", skills)
-    Allocation(counts={'add/carry': 300, 'sub/borrow': 1000})
-    >>> parse_text_plan("- **Carry** – 40 examples\\n* 20 × borrow", skills)
-    Allocation(counts={'add/carry': 40, 'sub/borrow': 20})
-    """
-    by_name: dict[str, str] = {s.lower(): s for s in skills}
-    tails = Counter(s.rsplit("/", 1)[-1].lower() for s in skills)
-    for s in skills:
-        tail = s.rsplit("/", 1)[-1].lower()
-        if tails[tail] == 1:
-            by_name.setdefault(tail, s)
-
-    def lookup(name: str) -> str | None:
-        return by_name.get(name.rstrip("./-_").lower())
-
-    counts: Counter[str] = Counter()
-    for line in text.splitlines():
-        pos = 0
-        while pos < len(line):
-            a = _NAME_FIRST.search(line, pos)
-            b = _COUNT_FIRST.search(line, pos)
-            if b is not None and (a is None or b.start() < a.start()):
-                # "5 sub/borrow 2": the name has a count of its own after it; take that.
-                after = _NAME_FIRST.match(line, b.start(2))
-                skill = lookup(b.group(2))
-                if skill is not None and not (after is not None and lookup(after.group(1))):
-                    counts[skill] += int(b.group(1).replace(",", ""))
-                    pos = b.end()
-                else:
-                    pos = b.start() + 1
-            elif a is not None:
-                skill = lookup(a.group(1))
-                if skill is not None:
-                    counts[skill] += int(a.group(2).replace(",", ""))
-                    pos = a.end()
-                else:
-                    # "Teach carries: 300 examples of add/carry": the count is the next pair's.
-                    pos = a.start() + 1
-            else:
-                break
-    return Allocation(counts=dict(counts))
 
 
 def source_skills(skill: str, known: Sequence[str]) -> tuple[list[str], bool]:

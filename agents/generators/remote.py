@@ -12,6 +12,7 @@ would have drawn in-process.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,8 +39,6 @@ class GeneratorWorker:
         self.threads = threads
 
     def ready(self) -> dict[str, Any]:
-        import os
-
         import ray
 
         return {

@@ -2,14 +2,14 @@
 vLLM backend, structured replies checked against pydantic models.
 
 Importing this package imports neither ``openai`` nor ``vllm`` nor ``torch``: backends
-import their library when built, so a config that names no LLM costs nothing.
+import their (optional) library when built, so a config that names no LLM costs nothing.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from teachgym.agents.llm.client import LLMClient
 from teachgym.agents.llm.openai_backend import OpenAIBackend
@@ -23,10 +23,8 @@ from teachgym.agents.llm.types import (
     RawReply,
     Sampling,
 )
+from teachgym.agents.llm.vllm_backend import VLLMEngineBackend
 from teachgym.errors import ConfigError
-
-if TYPE_CHECKING:
-    from teachgym.agents.llm.vllm_backend import VLLMEngineBackend
 
 __all__ = [
     "FAILURE_REASONS",
@@ -56,14 +54,6 @@ _KNOWN = {
     *_CLIENT_KEYS,
     *(k for v in _BACKEND_KEYS.values() for k in v),
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name == "VLLMEngineBackend":  # its module is light, but keep vLLM out of sight
-        from teachgym.agents.llm.vllm_backend import VLLMEngineBackend
-
-        return VLLMEngineBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_client(spec: LLMClient | Mapping[str, Any]) -> LLMClient:
@@ -108,8 +98,6 @@ def make_client(spec: LLMClient | Mapping[str, Any]) -> LLMClient:
             extra_body=spec.get("extra_body"),
         )
     else:
-        from teachgym.agents.llm.vllm_backend import VLLMEngineBackend
-
         backend_obj = VLLMEngineBackend(model, **dict(spec.get("engine_kwargs") or {}))
     cache_dir = spec.get("cache_dir")
     return LLMClient(

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from teachgym.runtime import cuda_available
+from teachgym.students.smollm2 import smollm2_checkpoint
 
 # The privacy switches live in the core (students use them too); re-exported from here.
 from teachgym.vllm_support import NO_USAGE_STATS as NO_USAGE_STATS
@@ -442,8 +443,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_in)
     model: str | Path = args.model
     if args.model == "smollm2":
-        from teachgym.students.smollm2 import smollm2_checkpoint
-
         model = smollm2_checkpoint()
     if args.enforce_eager:
         extra = ["--enforce-eager", *extra]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from teachgym.agents.llm.types import LLMCallError, RawReply, Sampling
-from teachgym.runtime import cuda_available
 from teachgym.vllm_support import quiet_vllm
 
 
@@ -71,6 +70,7 @@ class VLLMEngineBackend:
         try:
             quiet_vllm(offline=False)  # a hub id is allowed here; usage statistics never are
             import vllm
+            from vllm.platforms import current_platform
             from vllm.sampling_params import SamplingParams, StructuredOutputsParams
         except ImportError as err:
             raise ImportError(
@@ -80,7 +80,7 @@ class VLLMEngineBackend:
         self.model = model
         self._sampling_params = SamplingParams
         self._structured_params = StructuredOutputsParams
-        if not cuda_available():
+        if current_platform.is_cpu():
             # Seeded requests must not be prefilled in chunks on the CPU (see
             # teachgym.agents.llm.serve.cpu_server_args); what the caller set wins.
             engine_kwargs.setdefault("enable_chunked_prefill", False)

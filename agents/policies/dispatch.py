@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from teachgym import registry
 from teachgym.agents.policies.common import EnvKind, env_kind
 from teachgym.config import ENV_KINDS
 
@@ -49,8 +50,6 @@ class ByEnv:
     def _class(self, kind: EnvKind) -> type:
         target = self.classes.get(kind)
         if target is None:
-            from teachgym import registry
-
             usable = [n for n in registry.names("teacher") if _acts_on(n, kind)]
             raise ValueError(
                 f"teacher {self.name!r} acts on {', '.join(_ENV_IDS[k] for k in self.classes)} "
@@ -79,8 +78,6 @@ class ByEnv:
 
 
 def _acts_on(name: str, kind: EnvKind) -> bool:
-    from teachgym import registry
-
     try:
         factory = registry.resolve("teacher", name)
     except ValueError:

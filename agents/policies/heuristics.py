@@ -21,14 +21,8 @@ import numpy as np
 
 from teachgym.agents.policies.base import SeededTeacher, check_number
 from teachgym.agents.policies.baselines import weakness_shares
-from teachgym.agents.policies.common import (
-    TreeNode,
-    format_plan,
-    measured_accuracy,
-    parse_open_ended,
-    parse_tree,
-    split,
-)
+from teachgym.agents.policies.common import measured_accuracy, split
+from teachgym.text_formats import TreeNode, format_plan, parse_open_ended, parse_tree
 from teachgym.types import TreeAction
 
 
@@ -66,7 +60,7 @@ class TextFocusTeacher(SeededTeacher):
     OpenEnded observation shows the overall accuracy and unlabelled error
     lines only, and the reward is the one per-step signal it has.
 
-    >>> from teachgym.agents.policies.common import parse_open_ended
+    >>> from teachgym.text_formats import parse_open_ended
     >>> from types import SimpleNamespace
     >>> config = SimpleNamespace(examples_per_step=10)
     >>> env = SimpleNamespace(unwrapped=SimpleNamespace(config=config))

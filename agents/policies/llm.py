@@ -35,16 +35,16 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
 from teachgym.agents.policies.base import SeededTeacher, SkillListTeacher, check_number, to_action
-from teachgym.agents.policies.common import (
+from teachgym.agents.policies.common import format_errors, name_lookup, split
+from teachgym.agents.policies.templates import PromptTemplate, load_template
+from teachgym.text_formats import (
+    PLAN_MAX_CHARS,
     TreeNode,
-    format_errors,
+    clean_text,
     format_plan,
-    name_lookup,
     parse_open_ended,
     parse_tree,
-    split,
 )
-from teachgym.agents.policies.templates import PromptTemplate, load_template
 from teachgym.types import TreeAction
 
 #: The system message of every teacher request; the task itself is in the template.
@@ -332,7 +332,7 @@ class LLMOpenEndedTeacher(_LLMTeacher, SeededTeacher):
         SeededTeacher.__init__(self, env, seed)
         self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
         space = getattr(getattr(env, "unwrapped", env), "action_space", None)
-        self.max_chars = int(getattr(space, "max_length", 4000))
+        self.max_chars = int(getattr(space, "max_length", PLAN_MAX_CHARS))
         self.previous_plan: str | None = None
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> str:
@@ -366,8 +366,6 @@ class LLMOpenEndedTeacher(_LLMTeacher, SeededTeacher):
 
     def clean(self, text: str) -> str | None:
         """``text`` made a member of the action space, or None if nothing is left."""
-        from teachgym.envs.base import clean_text  # the env's own character rule
-
         text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
         text = clean_text(text, replacement="").strip()
         if len(text) > self.max_chars:

@@ -1,21 +1,18 @@
-"""Prompt templates: ``string.Template`` files shipped in ``teachgym/agents/prompts``.
+"""Prompt templates of the LLM teachers: one ``string.Template`` file each.
 
-A prompt is data, not code, so a researcher changes it with a config key
-(``teacher_kwargs.prompt_file``) instead of a fork. ``string.Template`` is
-used because a prompt that shows JSON is full of braces, which ``str.format``
-would read as fields; ``$name`` placeholders leave them alone (``$$`` is a
-literal dollar). A template is checked when the teacher is built: a
-placeholder the teacher does not fill is a typo that would otherwise reach the
-LLM as a literal ``$acuracy``, so it is an error naming the known variables.
+The packaged files are ``teachgym/agents/prompts/{openended,skilllist,skilltree}.txt``;
+``teacher_kwargs.prompt_file`` replaces one. Files are read and checked by the one
+prompt-file loader, :func:`teachgym.agents.llm.prompt_file.load_prompt_file`.
 """
 
 from __future__ import annotations
 
 import string
 from collections.abc import Iterable, Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from teachgym.agents.llm.prompt_file import check_template, load_prompt_file
 
 
 class PromptTemplate:
@@ -26,18 +23,7 @@ class PromptTemplate:
         self.source = source
         self.variables = frozenset(variables)
         self._template = string.Template(text)
-        if not self._template.is_valid():
-            raise ValueError(
-                f"prompt template {source} has a '$' that starts no valid placeholder; "
-                f"write '$$' for a literal dollar sign"
-            )
-        unknown = sorted(set(self._template.get_identifiers()) - self.variables)
-        if unknown:
-            raise ValueError(
-                f"prompt template {source} names unknown variable(s) "
-                f"{', '.join('$' + v for v in unknown)}; known: "
-                f"{', '.join('$' + v for v in sorted(self.variables))}"
-            )
+        check_template(self._template, self.variables, f"prompt template {source}")
 
     @property
     def used(self) -> frozenset[str]:
@@ -55,12 +41,5 @@ def load_template(
     name: str, prompt_file: str | Path | None, variables: Iterable[str]
 ) -> PromptTemplate:
     """The packaged template ``name`` (e.g. ``"openended.txt"``), or ``prompt_file`` instead."""
-    if prompt_file is None:
-        text = resources.files("teachgym.agents").joinpath("prompts", name).read_text("utf-8")
-        return PromptTemplate(text, variables, f"teachgym/agents/prompts/{name}")
-    path = Path(prompt_file).expanduser()
-    try:
-        text = path.read_text("utf-8")
-    except OSError as err:
-        raise ValueError(f"cannot read prompt_file {str(path)!r}: {err.strerror or err}") from None
-    return PromptTemplate(text, variables, repr(str(path)))
+    loaded = load_prompt_file(prompt_file, placeholders=variables, packaged=name)
+    return PromptTemplate(loaded.text, variables, loaded.source)

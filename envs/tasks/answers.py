@@ -15,6 +15,16 @@ import re
 from fractions import Fraction
 from typing import Any
 
+import sympy
+from sympy.parsing.sympy_parser import (
+    auto_number,
+    auto_symbol,
+    implicit_multiplication,
+    parse_expr,
+    rationalize,
+    split_symbols,
+)
+
 __all__ = [
     "extract_boxed",
     "extract_final_number",
@@ -365,8 +375,6 @@ def _too_big(expr: Any) -> bool:
     A power tower (a power in an exponent) or an exponent over 1000 is
     refused: ``9^{9^{9}}`` would otherwise keep sympy busy for ever.
     """
-    import sympy
-
     for node in sympy.preorder_traversal(expr):
         if isinstance(node, sympy.Pow):
             exp = node.args[1]
@@ -393,16 +401,6 @@ def _to_sympy(s: str) -> Any | None:
     if text is None or not text.strip():
         return None
     try:
-        import sympy
-        from sympy.parsing.sympy_parser import (
-            auto_number,
-            auto_symbol,
-            implicit_multiplication,
-            parse_expr,
-            rationalize,
-            split_symbols,
-        )
-
         names: dict[str, Any] = {
             "pi": sympy.pi,
             "oo": sympy.oo,
@@ -445,8 +443,6 @@ def _scalar_equal(a: str, b: str) -> bool:
     if ea is None or eb is None:
         return False
     try:
-        import sympy
-
         if ea == eb:
             return True
         if ea.free_symbols != eb.free_symbols:

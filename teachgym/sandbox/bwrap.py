@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import site
 import stat
 import subprocess
 import sys
@@ -72,8 +73,6 @@ def _bwrap_cause(stderr: str) -> str:
 def _site_dirs(python: str) -> tuple[str, ...]:
     """The interpreter's site-packages directories (what ``site`` would add, minus ``.pth``)."""
     if python == sys.executable:
-        import site
-
         dirs = site.getsitepackages()
     else:
         try:
