@@ -228,8 +228,10 @@ def test_the_forgetting_student_moves_back_towards_its_start_every_few_trains(
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"forget_every": 0}, "forget_every must be an integer >= 1"),
-        ({"forget_fraction": 0.0}, "forget_fraction must be in"),
+        ({"forget_every": 0}, "forget_every 0 is invalid: Input should be greater than or equal"),
+        ({"forget_fraction": 0.0}, "forget_fraction 0.0 is invalid: Input should be greater than"),
+        ({"forget_fraction": 1.5}, "forget_fraction 1.5 is invalid: Input should be less than"),
+        ({"forget_evry": 2}, "unknown option 'forget_evry'; did you mean 'forget_every'?"),
         ({"forget_fraction": "half"}, "forget_fraction 'half' is invalid: Input should be a"),
     ],
 )
