@@ -31,6 +31,7 @@ import difflib
 import functools
 import inspect
 import sys
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -158,22 +159,55 @@ def explain(model: type[BaseModel], err: ValidationError, where: str) -> str:
     """A validation error of ``model`` as one line: an unknown key with the valid ones
     and the nearest, or the key whose value is wrong and why."""
     errors = err.errors()
-    unknown = [e for e in errors if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
-        key = str(unknown[0]["loc"][0])
-        names = list(model.model_fields)
-        close = difflib.get_close_matches(key, names, n=1)
+        loc = [str(p) for p in unknown[0]["loc"]]
+        owner = _nested(model, loc[:-1])
+        names = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(loc[-1], names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        valid = model.summary() if issubclass(model, Options) else ", ".join(names)
+        if owner is not None and issubclass(owner, Options):
+            valid = owner.summary()
+        else:
+            valid = ", ".join(names)
+        key = ".".join(loc)
         return f"{where}: unknown option {_short(key)}; {hint}valid options: {valid or 'none'}"
     first = errors[0]
     message = str(first["msg"]).removeprefix("Value error, ")
     if not first["loc"]:  # a check across options (a model validator)
         return f"{where}: {message}"
-    key = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown option {key}"
+    key = _key(model, first["loc"])
     return f"{where}: {key} {_short(first.get('input'))} is invalid: {message}"
+
+
+def _key(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The option an error's location names, without pydantic's union-member tags
+    (``skills.literal['gold','none']`` is ``skills``); list indices are kept."""
+    parts: list[str] = []
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(str(part))
+        elif current is not None and part in current.model_fields:
+            parts.append(part)
+            current = _nested(current, [part])
+    return ".".join(parts) or ".".join(map(str, loc))
+
+
+def _nested(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The model an option path such as ``["discovery"]`` leads to, through optional fields."""
+    current: Any = model
+    for part in path:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return None
+    return current  # type: ignore[no-any-return]
 
 
 def derive(
@@ -220,8 +254,8 @@ def options_of(target: Any) -> type[Options] | None:
 def takes(model: type[Options]) -> Callable[[F], F]:
     """Make ``model`` the options of the decorated constructor or factory.
 
-    Every field of ``model`` that the function names is a keyword-only
-    parameter *without* a default in the source (the model's default is put
+    Every field of ``model`` that the function names is a keyword parameter
+    *without* a default in the source (the model's default is put
     into the signature); a field it does not name reaches it through
     ``**kwargs`` and is passed on only when the caller set it, so the callee
     it forwards to keeps its own default. Other parameters (the injected
@@ -235,42 +269,49 @@ def takes(model: type[Options]) -> Callable[[F], F]:
         fields = model.model_fields
         named: list[str] = []
         params = []
+        rest: str | None = None  # the name of the function's **kwargs, if any
         for param in signature.parameters.values():
+            if param.kind is param.VAR_KEYWORD:
+                rest = param.name
             if param.name in fields:
                 if param.default is not param.empty:
                     raise TypeError(
                         f"{fn.__qualname__}: option {param.name!r} has a default in the "
                         f"signature; its default is written once, in {model.__name__}"
                     )
-                if param.kind is not param.KEYWORD_ONLY:
-                    raise TypeError(f"{fn.__qualname__}: option {param.name!r} is not keyword-only")
+                if param.kind not in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+                    raise TypeError(f"{fn.__qualname__}: option {param.name!r} is not a keyword")
                 default = fields[param.name].get_default(call_default_factory=True)
                 params.append(param.replace(default=default))
                 named.append(param.name)
             else:
                 params.append(param)
-        forwards = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-        if not forwards and set(fields) - set(named):
+        if rest is None and set(fields) - set(named):
             raise TypeError(
                 f"{fn.__qualname__} neither names nor forwards the option(s) "
                 f"{sorted(set(fields) - set(named))} of {model.__name__}"
             )
-        others = {p.name for p in signature.parameters.values()} - set(fields)
         where = fn.__qualname__.removesuffix(".__init__")
+        public = signature.replace(parameters=params)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            given = {
-                k: kwargs.pop(k)
-                for k in list(kwargs)
-                if k in fields or (k not in others and not forwards)
-            }
+            extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in signature.parameters}
+            if rest is None and extra:  # not a parameter: the model names the valid ones
+                model.check(extra, where)
+            bound = public.bind_partial(*args, **kwargs)
+            given = {k: v for k, v in bound.arguments.items() if k in fields}
+            given.update({k: v for k, v in extra.items() if k in fields})
             opts = model.check(given, where)
-            values = {name: getattr(opts, name) for name in named}
-            values.update({k: getattr(opts, k) for k in opts.model_fields_set if k not in values})
-            return fn(*args, **kwargs, **values)
+            for name in named:
+                bound.arguments[name] = getattr(opts, name)
+            if rest is not None:
+                forwarded = {k: v for k, v in extra.items() if k not in fields}
+                forwarded.update({k: getattr(opts, k) for k in given if k not in named})
+                bound.arguments[rest] = forwarded
+            return fn(*bound.args, **bound.kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__signature__ = public  # type: ignore[attr-defined]
         wrapper.Options = model  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 

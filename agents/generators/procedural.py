@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from teachgym.agents.generators.base import GenerationContext, Plan
 from teachgym.envs.tasks.base import Task, TaskCapabilities
+from teachgym.options import Options, takes
 from teachgym.types import (
     Allocation,
     Example,
@@ -131,6 +132,10 @@ def source_skills(skill: str, known: Sequence[str]) -> tuple[list[str], bool]:
     return [], True
 
 
+class ProceduralOptions(Options):
+    """The procedural generator takes no options: the task's sampler decides everything."""
+
+
 class ProceduralGenerator:
     """Samples problems from a :class:`~teachgym.envs.tasks.base.ProceduralTask`.
 
@@ -147,6 +152,7 @@ class ProceduralGenerator:
     #: What it needs of a task (checked by the assembly before anything is built).
     requires = ("sampler",)
 
+    @takes(ProceduralOptions)
     def __init__(self, task: Task, seed: int = 0) -> None:
         self.caps = TaskCapabilities.of(task)
         self.sampler = self.caps.require("sampler", "the procedural generator (or use `llm`)")
