@@ -138,7 +138,8 @@ class OptionDoc:
     description: str
 
 
-def _type_name(annotation: Any) -> str:
+def type_name(annotation: Any) -> str:
+    """A type as a reader writes it: ``int | None``, ``Literal['hf', 'vllm']``."""
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation)
     for prefix in ("typing.", "collections.abc.", "pathlib."):
@@ -151,7 +152,7 @@ def describe_options(model: type[BaseModel]) -> list[OptionDoc]:
     out = []
     for name, field in model.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        out.append(OptionDoc(name, _type_name(field.annotation), default, field.description or ""))
+        out.append(OptionDoc(name, type_name(field.annotation), default, field.description or ""))
     return out
 
 
