@@ -102,9 +102,7 @@ ForgettingOptions = derive(
         ),
         "forget_fraction": (
             float,
-            Field(
-                default=0.5, gt=0.0, le=1.0, description="how far each reset goes back, 0..1"
-            ),
+            Field(default=0.5, gt=0.0, le=1.0, description="how far each reset goes back, 0..1"),
         ),
     },
 )

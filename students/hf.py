@@ -32,15 +32,14 @@ from typing import Any, Literal
 
 import torch
 import transformers
+from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from teachgym.options import derive, takes
 from teachgym.students import checkpoints
 from teachgym.students.decoding import GreedyDecoder, stop_token_ids
 from teachgym.students.encoding import TextCodec, resolve_chat_template
 from teachgym.students.eval_sync import EvaluatorSync
-from pydantic import Field
-
-from teachgym.options import derive, takes
 from teachgym.students.options import (
     Dtype,
     EvalBackend,

@@ -106,9 +106,7 @@ class TSCLSamplingTeacher(ProgressTeacher):
     """
 
     @takes(TSCLSamplingOptions)
-    def __init__(
-        self, env: Any, seed: int = 0, *, window: int, draws: int, epsilon: float
-    ) -> None:
+    def __init__(self, env: Any, seed: int = 0, *, window: int, draws: int, epsilon: float) -> None:
         self.window = window
         super().__init__(env, seed, memory=self.window + 1)
         self.draws, self.epsilon = draws, epsilon

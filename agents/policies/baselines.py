@@ -106,9 +106,7 @@ class WeakestTeacher(SkillListTeacher):
     """
 
     @takes(WeakestOptions)
-    def __init__(
-        self, env: Any, seed: int = 0, *, power: float, eps: float, floor: float
-    ) -> None:
+    def __init__(self, env: Any, seed: int = 0, *, power: float, eps: float, floor: float) -> None:
         super().__init__(env, seed)
         self.power, self.eps, self.floor = power, eps, floor
 

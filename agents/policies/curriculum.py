@@ -63,8 +63,10 @@ class CurriculumOptions(LearningProgressOptions):
         "from the validation prompts' lengths",
     )
     gate: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="mean accuracy of the open skills that opens "
-        "the next level"
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="mean accuracy of the open skills that opens the next level",
     )
     patience: int = Field(
         default=10, ge=1, description="steps at one level after which the next opens anyway"

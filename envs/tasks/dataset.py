@@ -89,7 +89,6 @@ SINGLE_SKILL = "all"
 OTHER_SKILL = "other"
 
 _SKILL_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-_SKILL_MODES = ("gold", "none", "discovered")
 _SUFFIXES = (".jsonl", ".jsonl.gz")
 
 

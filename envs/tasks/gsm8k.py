@@ -17,9 +17,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from teachgym.envs.tasks.answers import extract_final_number, numbers_equal
 from pydantic import Field
 
+from teachgym.envs.tasks.answers import extract_final_number, numbers_equal
 from teachgym.envs.tasks.dataset import DatasetOptions, DatasetTask, Row
 from teachgym.options import takes
 

@@ -26,9 +26,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from teachgym.envs.tasks.answers import extract_boxed, math_equal
 from pydantic import Field
 
+from teachgym.envs.tasks.answers import extract_boxed, math_equal
 from teachgym.envs.tasks.dataset import DatasetOptions, DatasetTask, Row, slugify_skill
 from teachgym.options import takes
 
