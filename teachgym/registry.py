@@ -317,6 +317,7 @@ def check_kwargs(
     opts = options(kind, name, env_id)
     if opts is None:
         return
+    for key in kwargs:
         if key not in opts:
             close = difflib.get_close_matches(str(key), list(opts), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
