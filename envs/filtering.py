@@ -83,6 +83,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from itertools import pairwise
 
+from teachgym.options import Decontamination, takes
 from teachgym.types import Example, normalize_prompt
 
 #: Runs of Unicode letters and digits (``\w`` minus the underscore).
@@ -111,43 +112,24 @@ def _overlap_grams(tokens: Sequence[str]) -> set[int]:
 class ExampleFilter:
     """Stateful per episode when ``dedup="episode"``: remembers accepted prompts.
 
-    ``ngram`` and ``overlap`` set the two fuzzy decontamination rules (see the
-    module docstring); ``None`` turns a rule off. ``overlap_min_tokens`` is the
-    shortest prompt (in tokens) the overlap rule judges.
+    ``ngram``, ``overlap`` and ``overlap_min_tokens`` are the two fuzzy
+    decontamination rules (see the module docstring), with their defaults and
+    bounds in :class:`~teachgym.options.Decontamination`; ``None`` turns a rule off.
     """
 
+    @takes(Decontamination)
     def __init__(
         self,
         eval_prompts: Iterable[str],
         alphabet: str | None = None,
         dedup: str = "step",
         *,
-        ngram: int | None = 13,
-        overlap: float | None = 0.45,
-        overlap_min_tokens: int = 12,
+        ngram: int | None,
+        overlap: float | None,
+        overlap_min_tokens: int,
     ) -> None:
         if dedup not in ("step", "episode"):
             raise ValueError(f"dedup must be 'step' or 'episode', got {dedup!r}")
-        if ngram is not None and (
-            isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1
-        ):
-            raise ValueError(
-                f"ngram must be a positive integer (tokens in a shared run) or None, got {ngram!r}"
-            )
-        if overlap is not None and (
-            isinstance(overlap, bool)
-            or not isinstance(overlap, (int, float))
-            or not 0.0 < overlap <= 1.0
-        ):
-            raise ValueError(f"overlap must be a number in (0, 1] or None, got {overlap!r}")
-        if (
-            isinstance(overlap_min_tokens, bool)
-            or not isinstance(overlap_min_tokens, int)
-            or overlap_min_tokens < 1
-        ):
-            raise ValueError(
-                f"overlap_min_tokens must be a positive integer, got {overlap_min_tokens!r}"
-            )
         prompts = list(eval_prompts)
         self._eval = {normalize_prompt(p) for p in prompts}
         self._alphabet = set(alphabet) if alphabet else None

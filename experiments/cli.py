@@ -4,7 +4,8 @@ Each job has one entry point: ``teachgym run`` for an episode (or
 ``--resume`` to finish a killed one), ``teachgym compare`` for a leaderboard
 over teachers and seeds in this process, and ``teachgym sweep`` for the same
 over Ray Tune (``--grid`` adds config values, ``--resume`` finishes a killed
-sweep). ``teachgym list`` shows what can be named. A user's mistake exits 2
+sweep). ``teachgym list`` shows what can be named, ``teachgym config NAME``
+the options a component takes. A user's mistake exits 2
 with one line naming it; a run that trained on nothing exits 1 with one line
 saying why; anything else exits 1 with its traceback.
 
@@ -15,6 +16,7 @@ imported from the current directory, as ``python -m`` would.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -28,11 +30,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from teachgym import __version__, registry
-from teachgym.config import load_config, packaged_configs, parse_cli_overrides
+from teachgym.config import ENV_IDS, load_config, packaged_configs, parse_cli_overrides
 from teachgym.envs.registration import ENV_ENTRY_POINTS
 from teachgym.errors import ConfigError, RunFailed, UserError
 from teachgym.experiments.runner import resume_experiment, run_experiment
 from teachgym.experiments.sweep import SweepSpec, parse_grid, resume_sweep, run_sweep
+from teachgym.options import describe_options, type_name
 
 #: What ``teachgym list`` can show.
 LIST_KINDS = ("teachers", "students", "tasks", "generators", "envs", "configs")
@@ -165,6 +168,77 @@ def _listing(kind: str) -> list[tuple[str, str]]:
     ]
 
 
+#: Config blocks that are not components but have an options model of their own.
+CONFIG_BLOCKS = {
+    "decontamination": ("teachgym.options:Decontamination", "decontamination"),
+    "discovery": ("teachgym.envs.tasks.dataset:DiscoveryOptions", "task_kwargs.discovery"),
+}
+
+
+def cmd_config(args: argparse.Namespace, console: Console) -> int:
+    """Print a component's options: name, type, default and what it does."""
+    title, model, options = _config_target(args.items, args.env)
+    console.print(f"[bold]{escape(title)}[/bold]", highlight=False)
+    if model is not None:
+        rows = [(d.name, d.type, d.default, d.description) for d in describe_options(model)]
+    elif options is not None:
+        rows = [(o.name, _type(o.annotation), o.default, "") for o in options.values()]
+        console.print("  (no options model: read from the constructor's signature)")
+    else:
+        console.print("  (takes any keyword: its constructor has **kwargs)")
+        return 0
+    if not rows:
+        console.print("  (no options)")
+    for name, kind, default, doc in rows:
+        shown = "(required)" if default is inspect.Parameter.empty else repr(default)
+        console.print(f"  {escape(name)}: {escape(kind)} = {escape(shown)}", highlight=False)
+        if doc:
+            console.print(f"      {escape(doc)}", highlight=False)
+    return 0
+
+
+def _type(annotation: Any) -> str:
+    return type_name(annotation) if annotation is not None else "any"
+
+
+def _config_target(items: Sequence[str], env: str | None) -> tuple[str, Any, Any]:
+    """``[KIND] NAME`` -> (title, options model or None, signature options or None)."""
+    kinds = ("task", "student", "generator", "teacher")
+    if len(items) == 2:
+        kind, name = items[0].removesuffix("s"), items[1]
+        if kind not in kinds:
+            raise ConfigError(f"unknown component kind {kind!r}; use one of {', '.join(kinds)}")
+    elif len(items) == 1:
+        name = items[0]
+        if name in CONFIG_BLOCKS:
+            target, key = CONFIG_BLOCKS[name]
+            return f"{key} ({target})", registry.load(target), None
+        found = [k for k in kinds if name in registry.names(k)]  # type: ignore[arg-type]
+        if len(found) > 1:
+            raise ConfigError(
+                f"{name!r} names a {' and a '.join(found)}: say which, e.g. "
+                f"`teachgym config {found[-1]} {name}`"
+            )
+        if not found and ":" not in name:
+            every = sorted({n for k in kinds for n in registry.names(k)} | set(CONFIG_BLOCKS))
+            raise ConfigError(f"unknown component {name!r}; use one of {', '.join(every)}")
+        kind = found[0] if found else "teacher"
+    else:
+        raise ConfigError("teachgym config takes [KIND] NAME, e.g. `teachgym config student tiny`")
+    env_id = env
+    if kind == "teacher" and env_id is None:
+        factory = registry.resolve("teacher", name)
+        ids = list(factory.env_ids()) if callable(getattr(factory, "env_ids", None)) else []
+        env_id = ENV_IDS[0] if not ids or ENV_IDS[0] in ids else ids[0]
+    target = registry.target_class(kind, name, env_id)  # type: ignore[arg-type]
+    where = f"{kind} {name!r} ({registry._qualname(target)}), {kind}_kwargs"
+    if kind == "teacher" and env_id is not None:
+        where += f", on {env_id}"
+    model = registry.options_model(kind, name, env_id)  # type: ignore[arg-type]
+    options = None if model is not None else registry.options(kind, name, env_id)  # type: ignore[arg-type]
+    return where, model, options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="teachgym",
@@ -236,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="what a config can name, with one line of doc each")
     listing.add_argument("kind", nargs="?", choices=LIST_KINDS, help="one kind (default: all)")
     listing.set_defaults(func=cmd_list)
+    config = sub.add_parser(
+        "config",
+        help="a component's options with their defaults and docs",
+        description="Print the options a component takes from its *_kwargs (or a config "
+        "block's keys), with types, defaults and docs: `teachgym config student tiny`, "
+        "`teachgym config tiny`, `teachgym config discovery`.",
+    )
+    config.add_argument("items", nargs="+", metavar="[KIND] NAME")
+    config.add_argument("--env", help="the env a teacher acts on (default: the default env)")
+    config.set_defaults(func=cmd_config)
     return parser
 
 

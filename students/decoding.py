@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from teachgym.students.encoding import TextCodec
-from teachgym.students.options import check_positive_ints
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -59,13 +58,10 @@ class GreedyDecoder:
         self,
         codec: TextCodec,
         stop_ids: Sequence[int],
-        stop: Sequence[str] = (),
-        max_new_tokens: int = 8,
-        batch_size: int = 512,
+        stop: Sequence[str],
+        max_new_tokens: int,
+        batch_size: int,
     ) -> None:
-        check_positive_ints({"eval_batch_size": batch_size, "max_new_tokens": max_new_tokens})
-        if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
-            raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
         self.codec = codec
         self.tokenizer = codec.tokenizer
         self.stop_ids = list(stop_ids)

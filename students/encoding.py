@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from teachgym.students.options import check_positive_ints
 from teachgym.students.tokenizer import check_ids
 from teachgym.types import Example
 
@@ -28,8 +27,6 @@ def labelled(item: Encoded) -> int:
 
 def resolve_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
     """Whether to use the tokenizer's chat template: ``None`` means when it has one."""
-    if chat_template not in (True, False, None):
-        raise ValueError(f"chat_template must be true, false or null, got {chat_template!r}")
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat_template and not has_template:
         raise ValueError("chat_template is true but the tokenizer has no chat template")
@@ -54,14 +51,9 @@ class TextCodec:
         self,
         tokenizer: Any,
         chat_template: bool,
-        max_prompt_tokens: int | None = None,
-        max_completion_tokens: int | None = None,
+        max_prompt_tokens: int | None,
+        max_completion_tokens: int | None,
     ) -> None:
-        limits = {
-            "max_prompt_tokens": max_prompt_tokens,
-            "max_completion_tokens": max_completion_tokens,
-        }
-        check_positive_ints({k: v for k, v in limits.items() if v is not None})
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.max_prompt_tokens = max_prompt_tokens

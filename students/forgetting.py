@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
-from teachgym.students.tiny import tiny_student_for_task
+from teachgym.options import derive, takes
+from teachgym.students.tiny import TinyOptions, tiny_student_for_task
 from teachgym.types import Example
 
 _STATE = "forgetting.json"
@@ -37,13 +39,8 @@ _STATE = "forgetting.json"
 class ForgettingStudent:
     """``student`` with a partial reset after every ``every``-th ``train`` call."""
 
-    def __init__(self, student: Any, *, every: int = 4, fraction: float = 0.5) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"forget_every must be an integer >= 1, got {every!r}")
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-            raise ValueError(f"forget_fraction must be a number in (0, 1], got {fraction!r}")
-        if not 0.0 < float(fraction) <= 1.0:
-            raise ValueError(f"forget_fraction must be in (0, 1], got {fraction!r}")
+    def __init__(self, student: Any, *, every: int, fraction: float) -> None:
+        """``every`` >= 1 and ``fraction`` in (0, 1], as :data:`ForgettingOptions` checks."""
         model = getattr(student, "model", None)
         if not isinstance(model, torch.nn.Module):
             raise ValueError(
@@ -93,8 +90,27 @@ class ForgettingStudent:
         return getattr(self.student, name)
 
 
+#: ``student: tiny_forgetting``: the tiny student's options and how it forgets.
+ForgettingOptions = derive(
+    "ForgettingOptions",
+    (TinyOptions,),
+    "Options of the ``tiny_forgetting`` student: the tiny student's, and how it forgets.",
+    fields={
+        "forget_every": (
+            int,
+            Field(default=4, ge=1, description="train calls between two partial resets"),
+        ),
+        "forget_fraction": (
+            float,
+            Field(default=0.5, gt=0.0, le=1.0, description="how far each reset goes back, 0..1"),
+        ),
+    },
+)
+
+
+@takes(ForgettingOptions)
 def forgetting_tiny_student(
-    task: Any, seed: int = 0, *, forget_every: int = 4, forget_fraction: float = 0.5, **kwargs: Any
+    task: Any, seed: int = 0, *, forget_every: int, forget_fraction: float, **kwargs: Any
 ) -> ForgettingStudent:
     """Registry factory for ``student: tiny_forgetting``: the tiny student, forgetting."""
     student = tiny_student_for_task(task, seed=seed, **kwargs)

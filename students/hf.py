@@ -32,14 +32,18 @@ from typing import Any, Literal
 
 import torch
 import transformers
+from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from teachgym.options import derive, takes
 from teachgym.students import checkpoints
 from teachgym.students.decoding import GreedyDecoder, stop_token_ids
 from teachgym.students.encoding import TextCodec, resolve_chat_template
 from teachgym.students.eval_sync import EvaluatorSync
 from teachgym.students.options import (
+    Dtype,
     EvalBackend,
+    HFStudentOptions,
     Mode,
     check_student_options,
     resolve_device,
@@ -148,38 +152,39 @@ class HFStudent:
     ``threads``; a Ray worker from its ``num_cpus``).
     """
 
+    @takes(HFStudentOptions)
     def __init__(
         self,
         model: Any,
         tokenizer: Any,
         *,
-        mode: Mode = "continual",
-        lr: float = 1e-3,
-        epochs: int = 1,
-        batch_size: int = 64,
-        eval_batch_size: int = 512,
-        max_new_tokens: int = 8,
-        warmup_steps: int = 50,
-        lr_schedule: str = "inverse_sqrt",
-        cooldown: float = 0.0,
-        packing: bool | Literal["auto"] = "auto",
-        pack_width: int = 64,
+        mode: Mode,
+        lr: float,
+        epochs: int,
+        batch_size: int,
+        eval_batch_size: int,
+        max_new_tokens: int,
+        warmup_steps: int,
+        lr_schedule: str,
+        cooldown: float,
+        packing: bool | Literal["auto"],
+        pack_width: int,
         seed: int = 0,
-        lora: Mapping[str, Any] | None = None,
-        device: str | None = None,
-        grad_accum_steps: int = 1,
-        gradient_checkpointing: bool = False,
-        chat_template: bool | None = None,
-        max_prompt_tokens: int | None = None,
-        max_completion_tokens: int | None = None,
-        stop: Sequence[str] = (),
-        eval_backend: EvalBackend = "hf",
-        vllm_kwargs: Mapping[str, Any] | None = None,
+        lora: Mapping[str, Any] | None,
+        device: str | None,
+        grad_accum_steps: int,
+        gradient_checkpointing: bool,
+        chat_template: bool | None,
+        max_prompt_tokens: int | None,
+        max_completion_tokens: int | None,
+        stop: Sequence[str],
+        eval_backend: EvalBackend,
+        vllm_kwargs: Mapping[str, Any] | None,
         evaluator_factory: Callable[[HFStudent], Any] | None = None,
-        eval_dir: str | Path | None = None,
-        base_checkpoint: str | Path | None = None,
+        eval_dir: str | Path | None,
+        base_checkpoint: str | Path | None,
     ) -> None:
-        check_student_options(mode, eval_backend, evaluator_factory, tokenizer)
+        check_student_options(eval_backend, evaluator_factory, tokenizer)
         settings = TrainSettings(
             lr=lr,
             epochs=epochs,
@@ -439,13 +444,30 @@ class HFStudent:
             self.close()
 
 
+#: ``student: hf``: a checkpoint to load, where, and :class:`HFStudent`'s options.
+PretrainedOptions = derive(
+    "PretrainedOptions",
+    (HFStudentOptions,),
+    "Options of the ``hf`` student: the checkpoint, its dtype and device, and HFStudent's.",
+    fields={
+        "model": (str, Field(default="", description="a hub id or a local directory (needed)")),
+        "dtype": (
+            Dtype,
+            Field(default="auto", description="auto: bfloat16 on CUDA, float32 on the CPU"),
+        ),
+    },
+    device="auto",
+)
+
+
+@takes(PretrainedOptions)
 def hf_student_from_pretrained(
     task: Any,
     seed: int = 0,
-    model: str = "",
     *,
-    dtype: str = "auto",
-    device: str | None = "auto",
+    model: str,
+    dtype: str,
+    device: str | None,
     **kwargs: Any,
 ) -> HFStudent:
     """Registry factory for ``student: hf``: a hub or local checkpoint.

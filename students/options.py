@@ -1,24 +1,33 @@
-"""The checks and defaults of :class:`~teachgym.students.hf.HFStudent`'s options.
+"""The options of :class:`~teachgym.students.hf.HFStudent` and the student presets.
 
-Everything here is decided before a model is touched: which device and dtype,
-which decoding limits a task implies, and whether the options make sense at
-all (one clear error at construction rather than a failure mid-episode).
+Everything here is decided before a model is touched: the options' types,
+bounds and defaults (:class:`HFStudentOptions`, the one place they are
+written; the presets' models subclass it with their own defaults), which
+device and dtype, which decoding limits a task implies, and whether the
+options make sense together (one clear error at construction rather than a
+failure mid-episode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 
 import torch
+from pydantic import Field
 
 from teachgym.envs.tasks.base import AnswerLength, StopStrings
+from teachgym.options import Options
 from teachgym.vllm_support import VLLM_INSTALL, vllm_installed
 
 Mode = Literal["accumulate", "continual"]
 EvalBackend = Literal["hf", "vllm"]
 
-EVAL_BACKENDS = ("hf", "vllm")
+EVAL_BACKENDS: tuple[str, ...] = get_args(EvalBackend)
+Schedule = Literal["inverse_sqrt", "constant"]
+Dtype = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
+StopString = Annotated[str, Field(min_length=1)]
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -29,27 +38,87 @@ _DTYPES = {
 }
 
 
-def check_positive_ints(values: Mapping[str, Any]) -> None:
-    """Each value must be an ``int`` (not a ``bool``) of at least 1; the error names it."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+class HFStudentOptions(Options):
+    """What :class:`~teachgym.students.hf.HFStudent` takes from ``student_kwargs``.
+
+    The class docstring of ``HFStudent`` explains each option at length.
+    """
+
+    mode: Mode = Field(
+        default="continual",
+        description="continual: keep training the current weights on new data; accumulate: "
+        "retrain from the base weights on all data so far",
+    )
+    lr: float = Field(default=1e-3, gt=0.0, description="AdamW learning rate")
+    epochs: int = Field(default=1, ge=1, description="passes over the data per train call")
+    batch_size: int = Field(default=64, ge=1, description="examples per optimizer step")
+    eval_batch_size: int = Field(default=512, ge=1, description="prompts per decoding pass")
+    max_new_tokens: int = Field(
+        default=8,
+        ge=1,
+        description="tokens decoded per answer at most; a preset built for a task uses the "
+        "task's longest answer + 1 unless set",
+    )
+    warmup_steps: int = Field(default=50, ge=0, description="linear warm-up, optimizer steps")
+    lr_schedule: Schedule = Field(default="inverse_sqrt", description="decay after warm-up")
+    cooldown: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="last fraction of the horizon over which the rate falls to 0",
+    )
+    packing: bool | Literal["auto"] = Field(
+        default="auto", description="pack examples into rows; auto: if the model honours it"
+    )
+    pack_width: int = Field(default=64, ge=1, description="tokens per packed row")
+    lora: dict[str, Any] | None = Field(
+        default=None,
+        description="peft LoraConfig arguments (r, alpha, dropout, target_modules, ...) to "
+        "train adapters only; null: full fine-tuning",
+    )
+    device: str | None = Field(
+        default=None, description="cpu, cuda, cuda:N; null or auto: CUDA when available"
+    )
+    grad_accum_steps: int = Field(default=1, ge=1, description="micro-batches per batch")
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute activations in the backward pass"
+    )
+    chat_template: bool | None = Field(
+        default=None, description="wrap prompts in the tokenizer's chat template; null: if any"
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="a longer prompt keeps its last tokens"
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="a longer completion keeps its first tokens"
+    )
+    stop: list[StopString] | tuple[StopString, ...] = Field(
+        default=(), description="strings that end a completion"
+    )
+    eval_backend: EvalBackend = Field(
+        default="hf", description="who decodes in predict: hf, or a vLLM engine"
+    )
+    vllm_kwargs: dict[str, Any] | None = Field(
+        default=None, description="more VLLMEvaluator.from_student arguments"
+    )
+    eval_dir: str | Path | None = Field(
+        default=None, description="where the vLLM backend writes weights; null: a temp dir"
+    )
+    base_checkpoint: str | Path | None = Field(
+        default=None, description="the directory the base model was loaded from"
+    )
 
 
 def check_student_options(
-    mode: str, eval_backend: str, evaluator_factory: Callable[..., Any] | None, tokenizer: Any
+    eval_backend: str, evaluator_factory: Callable[..., Any] | None, tokenizer: Any
 ) -> None:
-    """Refuse a student's mode, evaluation backend or tokenizer that it cannot work with.
+    """Refuse an evaluation backend or a tokenizer the student cannot work with (the
+    options' own types and bounds are :class:`HFStudentOptions`').
 
-    (The parts check their own options: ``TrainSettings``, ``TextCodec``,
-    ``GreedyDecoder``.) ``eval_backend="vllm"`` without an ``evaluator_factory`` needs vLLM
+    ``eval_backend="vllm"`` without an ``evaluator_factory`` needs vLLM
     installed: the error comes at construction, not after the first training
     step.
     """
-    if mode not in ("accumulate", "continual"):
-        raise ValueError(f"mode must be 'accumulate' or 'continual', got {mode!r}")
-    if eval_backend not in EVAL_BACKENDS:
-        raise ValueError(f"eval_backend must be one of {EVAL_BACKENDS}, got {eval_backend!r}")
     if eval_backend == "vllm" and evaluator_factory is None and not vllm_installed():
         raise ModuleNotFoundError(
             f"eval_backend='vllm' needs vLLM, which is not installed: {VLLM_INSTALL}",

@@ -27,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from teachgym.options import derive, takes
 from teachgym.runtime import cache_root
-from teachgym.students.hf import HFStudent, hf_student_from_pretrained
+from teachgym.students.hf import HFStudent, PretrainedOptions, hf_student_from_pretrained
+from teachgym.students.options import HFStudentOptions
 
 try:  # POSIX only: without it (Windows) the cache relies on the atomic rename alone
     import fcntl
@@ -174,8 +177,42 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: ``student: smollm2``: the preset's defaults (:data:`DEFAULT_LORA`, :data:`DEFAULTS`) over
+#: :class:`HFStudent`'s options, where the checkpoint lives, and its dtype and device.
+SmolLM2Options = derive(
+    "SmolLM2Options",
+    (HFStudentOptions,),
+    "Options of the ``smollm2`` student: HFStudent's, with the preset's defaults.",
+    fields={
+        "checkpoint_dir": (
+            str | None,
+            Field(default=None, description="where the converted checkpoint lives; null: cache"),
+        ),
+        "dtype": (
+            PretrainedOptions.model_fields["dtype"].annotation,
+            PretrainedOptions.model_fields["dtype"],
+        ),
+    },
+    device=PretrainedOptions.model_fields["device"].default,
+    lora=DEFAULT_LORA,
+    **DEFAULTS,
+)
+
+
+@takes(SmolLM2Options)
 def smollm2_student(
-    task: Any, seed: int = 0, checkpoint_dir: str | None = None, **kwargs: Any
+    task: Any,
+    seed: int = 0,
+    *,
+    checkpoint_dir: str | None,
+    lora: dict[str, Any] | None,
+    lr: float,
+    batch_size: int,
+    eval_batch_size: int,
+    warmup_steps: int,
+    dtype: str,
+    device: str | None,
+    **kwargs: Any,
 ) -> HFStudent:
     """Registry factory for ``student: smollm2``.
 
@@ -191,7 +228,16 @@ def smollm2_student(
     Training is unchanged; only ``predict`` moves to the engine.
     """
     path = smollm2_checkpoint(checkpoint_dir)
-    kwargs.setdefault("lora", dict(DEFAULT_LORA))
-    for key, value in DEFAULTS.items():
-        kwargs.setdefault(key, value)
-    return hf_student_from_pretrained(task, seed=seed, model=str(path), **kwargs)
+    return hf_student_from_pretrained(
+        task,
+        seed=seed,
+        model=str(path),
+        lora=None if lora is None else dict(lora),
+        lr=lr,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        warmup_steps=warmup_steps,
+        dtype=dtype,
+        device=device,
+        **kwargs,
+    )

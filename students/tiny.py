@@ -10,28 +10,57 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from teachgym.envs.tasks.base import TaskCapabilities
+from teachgym.options import Options, derive, takes
 from teachgym.students.hf import HFStudent, Mode, task_generation_defaults
+from teachgym.students.options import HFStudentOptions
 from teachgym.students.tokenizer import build_char_tokenizer
 
 
+class TinyArchitecture(Options):
+    """The tiny Llama's shape."""
+
+    hidden_size: int = Field(default=128, ge=1, description="model width")
+    layers: int = Field(default=2, ge=1, description="transformer layers")
+    heads: int = Field(default=8, ge=1, description="attention heads (divide hidden_size)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyArchitecture:
+        if self.hidden_size % self.heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of heads ({self.heads}): "
+                f"each of the {self.heads} attention heads gets hidden_size / heads dimensions"
+            )
+        return self
+
+
+#: ``student: tiny``: the tiny Llama's shape, and :class:`HFStudent`'s options with the
+#: learning rates the README's default experiment measures (see :func:`make_tiny_student`).
+TinyOptions = derive(
+    "TinyOptions",
+    (HFStudentOptions, TinyArchitecture),
+    "Options of the ``tiny`` student: its shape and HFStudent's, with its own rates.",
+    lr=4e-3,
+    batch_size=128,
+    warmup_steps=300,
+    cooldown=0.3,
+)
+
+
+@takes(TinyArchitecture)
 def tiny_llama(
     vocab_size: int,
     *,
-    hidden_size: int = 128,
-    layers: int = 2,
-    heads: int = 8,
+    hidden_size: int,
+    layers: int,
+    heads: int,
     intermediate_size: int | None = None,
     max_positions: int = 64,
     seed: int = 0,
 ) -> LlamaForCausalLM:
-    if hidden_size % heads:
-        raise ValueError(
-            f"hidden_size ({hidden_size}) must be a multiple of heads ({heads}): each of the "
-            f"{heads} attention heads gets hidden_size / heads dimensions"
-        )
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -52,18 +81,19 @@ def tiny_llama(
     return model
 
 
+@takes(TinyOptions)
 def make_tiny_student(
     alphabet: Iterable[str],
     *,
     seed: int = 0,
-    mode: Mode = "continual",
-    hidden_size: int = 128,
-    layers: int = 2,
-    heads: int = 8,
-    lr: float = 4e-3,
-    batch_size: int = 128,
-    warmup_steps: int = 300,
-    cooldown: float = 0.3,
+    mode: Mode,
+    hidden_size: int,
+    layers: int,
+    heads: int,
+    lr: float,
+    batch_size: int,
+    warmup_steps: int,
+    cooldown: float,
     **train_kwargs: Any,
 ) -> HFStudent:
     """A tiny Llama student whose vocabulary is exactly ``alphabet``.
@@ -94,6 +124,7 @@ def make_tiny_student(
     )
 
 
+@takes(TinyOptions)
 def tiny_student_for_task(task: Any, seed: int = 0, **kwargs: Any) -> HFStudent:
     """Registry factory for ``student: tiny``: the vocabulary is the task's alphabet."""
     alphabet = TaskCapabilities.of(task).require("alphabet", "the tiny student")

@@ -29,9 +29,7 @@ from typing import Any, Literal
 import torch
 
 from teachgym.students.encoding import Encoded, labelled
-from teachgym.students.options import check_positive_ints
 
-SCHEDULES = ("constant", "inverse_sqrt")
 Packing = bool | Literal["auto"]
 #: Gradients are clipped to this global norm before every optimizer step.
 CLIP_NORM = 1.0
@@ -39,7 +37,8 @@ CLIP_NORM = 1.0
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The hyper-parameters of one ``train`` call (checked on construction).
+    """The hyper-parameters of one ``train`` call, validated (with their defaults) by
+    :class:`~teachgym.students.options.HFStudentOptions`.
 
     ``batch_size`` is the number of examples per optimizer step, whatever
     ``grad_accum_steps`` is; ``warmup_steps`` is at least 1 (a smaller value
@@ -50,33 +49,17 @@ class TrainSettings:
     losses agree) and fall back to padding with a warning if it does not.
     """
 
-    lr: float = 1e-3
-    epochs: int = 1
-    batch_size: int = 64
-    warmup_steps: int = 50
-    lr_schedule: str = "inverse_sqrt"
-    cooldown: float = 0.0
-    pack_width: int = 64
-    grad_accum_steps: int = 1
-    packing: Packing = "auto"
+    lr: float
+    epochs: int
+    batch_size: int
+    warmup_steps: int
+    lr_schedule: str
+    cooldown: float
+    pack_width: int
+    grad_accum_steps: int
+    packing: Packing
 
     def __post_init__(self) -> None:
-        check_positive_ints(
-            {
-                "epochs": self.epochs,
-                "batch_size": self.batch_size,
-                "pack_width": self.pack_width,
-                "grad_accum_steps": self.grad_accum_steps,
-            }
-        )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.cooldown <= 1.0:
-            raise ValueError(f"cooldown must be in [0, 1], got {self.cooldown}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        if self.packing not in (True, False, "auto"):
-            raise ValueError(f"packing must be true, false or 'auto', got {self.packing!r}")
         object.__setattr__(self, "warmup_steps", max(1, self.warmup_steps))
         object.__setattr__(self, "cooldown", float(self.cooldown))
 

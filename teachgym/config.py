@@ -27,12 +27,14 @@ from pydantic import (
 )
 
 from teachgym.errors import ConfigError
+from teachgym.options import Decontamination
 from teachgym.profiles import apply_profile
 
 __all__ = [
     "ENV_IDS",
     "ENV_KINDS",
     "ConfigError",
+    "Decontamination",
     "ExperimentConfig",
     "Resources",
     "RoleResources",
@@ -102,26 +104,6 @@ class Resources(BaseModel):
     max_restarts: int = Field(
         default=2, ge=0, description="times a run rebuilds dead workers and resumes"
     )
-
-
-class Decontamination(BaseModel):
-    """How close to a validation or test prompt a generated prompt may come.
-
-    An exact copy (after normalisation) is always dropped. Beyond that, a
-    prompt that shares a run of ``ngram`` tokens with an evaluation prompt is
-    dropped, and so is one of at least ``overlap_min_tokens`` tokens whose
-    rarity-weighted word and word-pair overlap with a single evaluation prompt
-    reaches ``overlap`` (a paraphrase keeps the numbers and names). ``null``
-    turns a rule off. Short prompts (``12+34=``) are never judged by overlap:
-    two arithmetic problems share most of their few tokens without one being
-    a copy of the other. See :class:`~teachgym.envs.filtering.ExampleFilter`.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    ngram: int | None = Field(default=13, ge=1)
-    overlap: float | None = Field(default=0.45, gt=0.0, le=1.0)
-    overlap_min_tokens: int = Field(default=12, ge=1)
 
 
 class WandbSettings(BaseModel):

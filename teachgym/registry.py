@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from teachgym.config import ExperimentConfig, short
 from teachgym.errors import ConfigError, MissingDependency
+from teachgym.options import Options, describe_options, options_of
 
 Kind = Literal["task", "student", "generator", "teacher"]
 
@@ -212,14 +213,28 @@ def target_class(kind: Kind, name: str, env_id: str | None = None) -> Any:
     return factory
 
 
+def options_model(kind: Kind, name: str, env_id: str | None = None) -> type[Options] | None:
+    """The typed options a built-in component declares (:mod:`teachgym.options`), or
+    ``None`` for a component without a model (a user's own class)."""
+    return options_of(target_class(kind, name, env_id))
+
+
 def options(kind: Kind, name: str, env_id: str | None = None) -> dict[str, Option] | None:
     """The options a component takes from its ``*_kwargs``, or ``None`` if it takes any.
 
-    Read from the constructor's signature, following ``**kwargs`` up a class's
-    MRO and along :data:`FORWARDS`, so ``curriculum`` lists learning
-    progress's options too and ``tiny`` lists :class:`HFStudent`'s.
+    A built-in component's are its options model's fields. A component without
+    a model has them read from its constructor's signature, following
+    ``**kwargs`` up a class's MRO and along :data:`FORWARDS` (a user's subclass
+    of ``LearningProgressTeacher`` lists its base's options too).
     """
     target = target_class(kind, name, env_id)
+    model = options_of(target)
+    if model is not None:
+        owner = _qualname(target)
+        return {
+            doc.name: Option(doc.name, doc.default, model.model_fields[doc.name].annotation, owner)
+            for doc in describe_options(model)
+        }
     found: dict[str, Option] = {}
     for depth, owner in enumerate(_chain(target)):
         try:
@@ -283,22 +298,30 @@ def check_kwargs(
 
     Unknown keys name the component, its valid options with their defaults,
     and the nearest one; a value of the wrong type names the option and its
-    type; a missing required option is named too.
+    type; a missing required option is named too. A built-in component's
+    options model (:mod:`teachgym.options`) is the check; a component without
+    one is checked against its constructor's signature.
     """
-    opts = options(kind, name, env_id)
-    if opts is None:
-        return
+    target = target_class(kind, name, env_id)
     where = f"{kind}_kwargs of {kind} {short(name)}"
-    owner = _qualname(target_class(kind, name, env_id)).partition(":")[2]
+    owner = _qualname(target).partition(":")[2]
     if owner:
         where += f" ({owner})"
     for key in kwargs:
         if key in INJECTED[kind]:
             raise ConfigError(f"{where}: {key!r} is set by teachgym, not by {kind}_kwargs")
+    model = options_of(target)
+    if model is not None:
+        model.check(kwargs, where)
+        return
+    opts = options(kind, name, env_id)
+    if opts is None:
+        return
+    for key in kwargs:
         if key not in opts:
             close = difflib.get_close_matches(str(key), list(opts), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            valid = ", ".join(opts) or "none"
+            valid = ", ".join(map(str, opts.values())) or "none"
             raise ConfigError(f"{where}: unknown option {short(key)}; {hint}valid options: {valid}")
     for key, value in kwargs.items():
         option = opts[key]

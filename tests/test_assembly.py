@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import pytest
 
-import teachgym.agents.llm.vllm_backend as vllm_backend
+import teachgym.agents.llm as llm_package
 from teachgym import assembly
 from teachgym.agents.skill_discovery import SkillDiscoverer
 from teachgym.config import build_config
@@ -27,7 +27,7 @@ class CountingEngine:
 @pytest.fixture
 def engines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     CountingEngine.started = []
-    monkeypatch.setattr(vllm_backend, "VLLMEngineBackend", CountingEngine)
+    monkeypatch.setattr(llm_package, "VLLMEngineBackend", CountingEngine)  # what make_client builds
     return CountingEngine.started
 
 

@@ -150,6 +150,10 @@ def test_a_teacher_module_in_the_working_directory_runs_in_compare(user_dir):
         ("student=tinyy", "unknown student 'tinyy': did you mean 'tiny'?"),
         ("student_kwargs.lrr=0.01", "unknown option 'lrr'; did you mean 'lr'?"),
         ("student_kwargs.lr=fast", "student 'tiny'"),
+        ("student_kwargs.layers=two", "layers 'two' is invalid: Input should be a valid integer"),
+        ("student_kwargs.lr=-1", "lr -1 is invalid: Input should be greater than 0"),
+        ("teacher_kwargs.gate=true", "gate True is invalid: Input should be a valid number"),
+        ("task_kwargs.val_per_skil=4", "unknown option 'val_per_skil'; did you mean 'val_per_"),
         ("student_kwargs.hidden_size=33", "hidden_size (33) must be a multiple of heads"),
         ("teacher_kwargs.gaet=0.5", "(CurriculumTeacher): unknown option 'gaet'"),
         ("teacher=my_teachers:NoSeed", "must accept the keyword argument(s) seed"),
@@ -168,7 +172,8 @@ def test_a_mistake_is_one_line_naming_it_and_leaves_no_run_behind(user_dir, over
 def test_the_valid_options_are_listed_with_the_nearest_one(user_dir):
     line = one_line_error(teachgym("run", "smoke", "teacher_kwargs.windw=3", cwd=user_dir))
     assert "did you mean 'window'?" in line
-    assert "valid options: window, temperature, epsilon" in line
+    # Every valid option with its default.
+    assert "valid options: window=4, temperature=0.25, epsilon=0.1, weakness=1.0" in line
 
 
 def test_a_missing_optional_package_names_the_install_command(user_dir):
@@ -332,6 +337,44 @@ def test_version_list_and_configs_by_name(tmp_path):
     assert "smoke" in configs.stdout and "\nteachers\n" not in f"\n{configs.stdout}"
     wrong = one_line_error(teachgym("run", "smok", cwd=tmp_path))
     assert "did you mean 'smoke'?" in wrong
+
+
+def test_config_prints_a_components_options_with_defaults_and_docs(tmp_path):
+    result = teachgym("config", "student", "tiny", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # The tiny preset's own default, not HFStudent's, with its description below it.
+    assert "  lr: float = 0.004\n      AdamW learning rate\n" in out
+    assert "  hidden_size: int = 128\n" in out and "  max_new_tokens: int = 8\n" in out
+    # The kind may be left out when the name is unambiguous.
+    assert teachgym("config", "tiny", cwd=tmp_path).stdout == out
+    teacher = teachgym("config", "curriculum", cwd=tmp_path).stdout
+    assert "on teachgym/SkillList-v0" in teacher and "  gate: float = 0.5\n" in teacher
+    assert "  window: int = 4\n" in teacher  # passed on to learning progress
+    tree = teachgym("config", "teacher", "llm", "--env", "teachgym/SkillTree-v0", cwd=tmp_path)
+    assert "LLMSkillTreeTeacher" in tree.stdout and "max_new_subskills: int = 4" in tree.stdout
+    block = teachgym("config", "discovery", cwd=tmp_path).stdout
+    assert "task_kwargs.discovery" in block and "  max_skills: int = 8\n" in block
+
+
+def test_config_of_a_user_component_reads_its_signature(user_dir):
+    result = teachgym("config", "teacher", "my_teachers:Greedy", cwd=user_dir)
+    assert result.returncode == 0, result.stderr
+    assert "read from the constructor's signature" in result.stdout
+    assert "(no options)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["llm"], "'llm' names a generator and a teacher: say which"),
+        (["tinyy"], "unknown component 'tinyy'; use one of"),
+        (["widget", "tiny"], "unknown component kind 'widget'"),
+    ],
+)
+def test_config_mistakes_are_one_line(tmp_path, args, expected):
+    line = one_line_error(teachgym("config", *args, cwd=tmp_path))
+    assert expected in line, line
 
 
 def test_serve_help_shows_the_port_and_the_pass_through(tmp_path):

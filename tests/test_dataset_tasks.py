@@ -340,7 +340,7 @@ def test_bad_arguments_are_refused(gsm_dir: Path) -> None:
         ({"val_size": 0}, "val_size"),
         ({"test_size": 0}, "test_size"),
         ({"skills": "gold"}, "no gold skill labels"),
-        ({"skills": "magic"}, "skills must be one of"),
+        ({"skills": "magic"}, "skills 'magic' is invalid: Input should be 'gold', 'none'"),
         ({"skills": "discovered"}, "needs an 'llm'"),
         ({"keep_calculator": "yes"}, "keep_calculator"),
     ]:
@@ -430,7 +430,7 @@ def test_discovered_skills(gsm_dir: Path) -> None:
     # "other" has no train rows: any train rows, marked as a fallback.
     fallback = task.sample("other", 3, rng)
     assert all(p.metadata.get("skill_fallback") and p.skill == "other" for p in fallback)
-    with pytest.raises(ValueError, match="unknown key 'rounds'"):
+    with pytest.raises(ValueError, match=r"unknown option 'discovery\.rounds'; valid options: max"):
         GSM8KTask(gsm_dir, val_size=3, skills="discovered", llm=Labeller(), discovery={"rounds": 2})
     # A raw spec is not a labeller: the message says what builds one.
     with pytest.raises(ValueError, match="SkillDiscoverer"):

@@ -171,14 +171,14 @@ def test_stress_options_leave_the_default_problems_alone() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"noise_skills": 17}, "noise_skills must be 0..16"),
-        ({"noise_skills": True}, "noise_skills must be an integer"),
+        ({"noise_skills": 17}, "noise_skills 17 is invalid: .*less than or equal to 16"),
+        ({"noise_skills": True}, "noise_skills True is invalid: .*valid integer"),
         ({"mirror": ["cmp/3d"]}, "mirror must name numeric skills"),
         ({"mirror": ["mul/2x1"]}, "mirror must name numeric skills"),
-        ({"mirror": "add/carry"}, "mirror must be a list"),
+        ({"mirror": "add/carry"}, "mirror 'add/carry' is invalid: .*valid list"),
         ({"hide_difficulty": True, "pad_operands": True}, "without pad_operands"),
-        ({"hide_difficulty": "yes"}, "hide_difficulty must be true or false"),
-        ({"shuffle_seed": -1}, "shuffle_seed must be an integer >= 0"),
+        ({"hide_difficulty": "yes"}, "hide_difficulty 'yes' is invalid: .*valid boolean"),
+        ({"shuffle_seed": -1}, "shuffle_seed -1 is invalid: .*greater than or equal to 0"),
     ],
 )
 def test_bad_stress_options_name_themselves(kwargs: dict[str, Any], message: str) -> None:
@@ -228,8 +228,10 @@ def test_the_forgetting_student_moves_back_towards_its_start_every_few_trains(
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"forget_every": 0}, "forget_every must be an integer >= 1"),
-        ({"forget_fraction": 0.0}, "forget_fraction must be in"),
+        ({"forget_every": 0}, "forget_every 0 is invalid: Input should be greater than or equal"),
+        ({"forget_fraction": 0.0}, "forget_fraction 0.0 is invalid: Input should be greater than"),
+        ({"forget_fraction": 1.5}, "forget_fraction 1.5 is invalid: Input should be less than"),
+        ({"forget_evry": 2}, "unknown option 'forget_evry'; did you mean 'forget_every'?"),
         ({"forget_fraction": "half"}, "forget_fraction 'half' is invalid: Input should be a"),
     ],
 )

@@ -86,27 +86,30 @@ def test_packaged_default_yaml_equals_the_model_defaults():
 
 
 def _defaults() -> dict:
-    from teachgym.envs.tasks.arithmetic import DEFAULT_SKILLS
+    """The config's defaults, with the default.yaml's component options read from the
+    components' options models (where the defaults are written once)."""
+    from teachgym.envs.tasks.arithmetic import ArithmeticOptions
+    from teachgym.students.tiny import TinyOptions
 
     cfg = ExperimentConfig().model_dump()
+    task = ArithmeticOptions()
+    student = TinyOptions()
+    written = load_config(default_config_path())
     return cfg | {
         "task_kwargs": {
-            "skills": list(DEFAULT_SKILLS),
-            "val_per_skill": 128,
-            "test_per_skill": 128,
-            "pad_operands": False,
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in task.model_dump().items()
+            if k in written.task_kwargs
         },
         "student_kwargs": {
-            "mode": "continual",
-            "hidden_size": 128,
-            "layers": 2,
-            "heads": 8,
-            "warmup_steps": 300,
-            "cooldown": 0.3,
-            "lr": 0.004,
-            "batch_size": 128,
+            k: v for k, v in student.model_dump().items() if k in written.student_kwargs
         },
     }
+
+
+def test_the_readme_documents_teachgym_config():
+    text = README.read_text()
+    assert "teachgym config [KIND] NAME" in text and "`teachgym config tiny`" in text
 
 
 @pytest.mark.parametrize("key", ["val_per_skill", "test_per_skill", "pad_operands"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from teachgym.envs.tasks.arithmetic import ArithmeticTask
+from teachgym.errors import ConfigError
 from teachgym.students import HFStudent, Student, build_char_tokenizer, make_tiny_student
 from teachgym.students.tokenizer import check_covered
 from teachgym.types import Example, Problem, Provenance
@@ -185,10 +186,12 @@ def test_accumulate_retrains_from_base_on_all_data():
 
 
 def test_bad_arguments_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="mode must be"):
+    with pytest.raises(ConfigError, match="mode 'online' is invalid: Input should be 'accumulate'"):
         make_tiny_student(TASK.alphabet, mode="online")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="batch_size 0 is invalid: Input should be greater than"):
         make_tiny_student(TASK.alphabet, batch_size=0)
+    with pytest.raises(ConfigError, match="lr True is invalid: Input should be a valid number"):
+        make_tiny_student(TASK.alphabet, lr=True)
     student = make_tiny_student(TASK.alphabet, **SMALL)
     student.save(tmp_path / "c")
     with pytest.raises(ValueError, match="mode 'continual'"):

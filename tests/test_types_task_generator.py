@@ -171,7 +171,7 @@ def test_arithmetic_pad_operands_writes_the_same_problems():
         "add/carry", 50, np.random.default_rng(0)
     )
     assert all(len(p.prompt) == len("0047+0085=") for p in sample)
-    with pytest.raises(ValueError, match="pad_operands must be true or false"):
+    with pytest.raises(ValueError, match="pad_operands 'yes' is invalid: Input should be a"):
         ArithmeticTask(pad_operands="yes")  # type: ignore[arg-type]
 
 

@@ -36,6 +36,7 @@ from teachgym.agents.generators.procedural import parse_text_plan, source_skills
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
 from teachgym.agents.llm.prompt_file import load_prompt_file
 from teachgym.envs.tasks.base import TaskCapabilities
+from teachgym.options import Options, takes
 from teachgym.types import (
     Allocation,
     ErrorCase,
@@ -135,6 +136,45 @@ def load_prompts(path: str | Path) -> dict[str, string.Template]:
     return dict(loaded.templates)
 
 
+class LLMGeneratorOptions(Options):
+    """What :class:`LLMGenerator` (``generator: llm``) takes from ``generator_kwargs``."""
+
+    llm: Any = Field(
+        default=None,
+        description="the client spec {backend, model, base_url, ...} or an LLMClient; "
+        "null: the config's top-level llm",
+    )
+    examples_per_request: int = Field(
+        default=10, ge=1, le=200, description="examples one request asks for at most"
+    )
+    prompt_file: str | Path | None = Field(
+        default=None, description="a prompt file of your own; null: the packaged one"
+    )
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0, description="sampling temperature")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling")
+    max_tokens: int = Field(default=2048, ge=1, description="reply tokens at most")
+    max_requests_per_step: int | None = Field(
+        default=None, ge=1, description="requests a step sends at most; null: no limit"
+    )
+    format_examples: int = Field(default=3, ge=0, description="sampled problems per request")
+    errors_shown: int = Field(default=5, ge=0, description="student errors per request")
+    max_prompt_chars: int | None = Field(
+        default=None, ge=1, description="a generated prompt's length; null: from the task"
+    )
+    max_answer_chars: int | None = Field(
+        default=None, ge=1, description="a generated answer's length; null: from the task"
+    )
+    cross_check: bool = Field(
+        default=False, description="solve each problem again and drop disagreements"
+    )
+    cross_check_temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="sampling of the second solution"
+    )
+    cross_check_max_tokens: int = Field(
+        default=1024, ge=1, description="tokens of the second solution at most"
+    )
+
+
 class LLMGenerator:
     """Makes examples by asking an LLM, checked by the task before the env sees them.
 
@@ -212,45 +252,32 @@ class LLMGenerator:
 
     name = "llm"
 
+    @takes(LLMGeneratorOptions)
     def __init__(
         self,
         task: Any,
         seed: int = 0,
-        llm: LLMClient | Mapping[str, Any] | None = None,
-        examples_per_request: int = 10,
-        prompt_file: str | Path | None = None,
-        temperature: float = 0.8,
-        top_p: float = 1.0,
-        max_tokens: int = 2048,
-        max_requests_per_step: int | None = None,
-        format_examples: int = 3,
-        errors_shown: int = 5,
-        max_prompt_chars: int | None = None,
-        max_answer_chars: int | None = None,
-        cross_check: bool = False,
-        cross_check_temperature: float = 0.0,
-        cross_check_max_tokens: int = 1024,
+        *,
+        llm: LLMClient | Mapping[str, Any] | None,
+        examples_per_request: int,
+        prompt_file: str | Path | None,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        max_requests_per_step: int | None,
+        format_examples: int,
+        errors_shown: int,
+        max_prompt_chars: int | None,
+        max_answer_chars: int | None,
+        cross_check: bool,
+        cross_check_temperature: float,
+        cross_check_max_tokens: int,
     ) -> None:
         if llm is None:
             raise ValueError(
                 "the llm generator needs an LLM client: generator_kwargs.llm = "
                 "{backend: openai, model: ..., base_url: ...} or an LLMClient"
             )
-        if not isinstance(examples_per_request, int) or not 1 <= examples_per_request <= 200:
-            raise ValueError(f"examples_per_request must be 1..200, got {examples_per_request!r}")
-        if max_requests_per_step is not None and (
-            not isinstance(max_requests_per_step, int) or max_requests_per_step < 1
-        ):
-            raise ValueError(
-                f"max_requests_per_step must be an integer >= 1 or null, got "
-                f"{max_requests_per_step!r}"
-            )
-        if not 0.0 <= temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {temperature!r}")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-        if format_examples < 0 or errors_shown < 0:
-            raise ValueError("format_examples and errors_shown must be >= 0")
         self.task = task
         self.seed = int(seed)
         self.examples_per_request = examples_per_request
@@ -273,14 +300,6 @@ class LLMGenerator:
         self.extra_fields: tuple[tuple[str, int], ...] = tuple(sorted(fields.items()))
         if cross_check:
             caps.require("agreement", "the llm generator's cross_check")
-        if not 0.0 <= cross_check_temperature <= 2.0:
-            raise ValueError(
-                f"cross_check_temperature must be in [0, 2], got {cross_check_temperature!r}"
-            )
-        if not isinstance(cross_check_max_tokens, int) or cross_check_max_tokens < 1:
-            raise ValueError(
-                f"cross_check_max_tokens must be an integer >= 1, got {cross_check_max_tokens!r}"
-            )
         self.cross_check = bool(cross_check)
         self.cross_check_temperature = float(cross_check_temperature)
         self.cross_check_max_tokens = cross_check_max_tokens
@@ -658,9 +677,6 @@ def _bounds(task: Any, prompt_chars: int | None, answer_chars: int | None) -> tu
         prompt_chars = max(MAX_PROMPT_CHARS, 2 * longest_prompt)
     if answer_chars is None:
         answer_chars = max(MAX_ANSWER_CHARS, 2 * longest_answer)
-    for name, value in (("max_prompt_chars", prompt_chars), ("max_answer_chars", answer_chars)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1 or null, got {value!r}")
     return prompt_chars, answer_chars
 
 

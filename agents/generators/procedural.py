@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from teachgym.agents.generators.base import GenerationContext, Plan
 from teachgym.envs.tasks.base import Task, TaskCapabilities
+from teachgym.options import Options, takes
 from teachgym.text_formats import parse_text_plan as parse_text_plan
 from teachgym.types import (
     Allocation,
@@ -55,6 +56,10 @@ def source_skills(skill: str, known: Sequence[str]) -> tuple[list[str], bool]:
     return [], True
 
 
+class ProceduralOptions(Options):
+    """The procedural generator takes no options: the task's sampler decides everything."""
+
+
 class ProceduralGenerator:
     """Samples problems from a :class:`~teachgym.envs.tasks.base.ProceduralTask`.
 
@@ -71,6 +76,7 @@ class ProceduralGenerator:
     #: What it needs of a task (checked by the assembly before anything is built).
     requires = ("sampler",)
 
+    @takes(ProceduralOptions)
     def __init__(self, task: Task, seed: int = 0) -> None:
         self.caps = TaskCapabilities.of(task)
         self.sampler = self.caps.require("sampler", "the procedural generator (or use `llm`)")

@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from teachgym.agents.policies.base import check_number
 from teachgym.agents.policies.learning_progress import LearningProgressTeacher, ProgressTeacher
+from teachgym.options import Options, takes
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,6 +41,17 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def _abs_changes(history: list[list[float]]) -> list[np.ndarray]:
     """Per skill, ``|Δ accuracy|`` between consecutive evaluations in ``history``."""
     return [np.abs(np.diff(np.asarray(points, dtype=np.float64))) for points in history]
+
+
+_EPSILON = "even share mixed in"
+
+
+class TSCLWindowOptions(Options):
+    """Options of :class:`TSCLWindowTeacher` (``tscl_window``)."""
+
+    window: int = Field(default=4, ge=2, description="scores the slope is fit to")
+    temperature: float = Field(default=0.05, gt=0.0, description="Boltzmann temperature")
+    epsilon: float = Field(default=0.1, ge=0.0, le=1.0, description=_EPSILON)
 
 
 class TSCLWindowTeacher(LearningProgressTeacher):
@@ -57,14 +69,9 @@ class TSCLWindowTeacher(LearningProgressTeacher):
     scored as the largest possible progress, so every skill is tried.
     """
 
+    @takes(TSCLWindowOptions)
     def __init__(
-        self,
-        env: Any,
-        seed: int = 0,
-        *,
-        window: int = 4,
-        temperature: float = 0.05,
-        epsilon: float = 0.1,
+        self, env: Any, seed: int = 0, *, window: int, temperature: float, epsilon: float
     ) -> None:
         super().__init__(
             env,
@@ -75,6 +82,14 @@ class TSCLWindowTeacher(LearningProgressTeacher):
             weakness=0.0,
             replay=0.0,
         )
+
+
+class TSCLSamplingOptions(Options):
+    """Options of :class:`TSCLSamplingTeacher` (``tscl_sampling``)."""
+
+    window: int = Field(default=4, ge=1, description="rewards kept per skill")
+    draws: int = Field(default=100, ge=1, description="sampling rounds per step")
+    epsilon: float = Field(default=0.05, ge=0.0, le=1.0, description=_EPSILON)
 
 
 class TSCLSamplingTeacher(ProgressTeacher):
@@ -90,19 +105,11 @@ class TSCLSamplingTeacher(ProgressTeacher):
     accuracies move in steps of 1/n) are broken at random.
     """
 
-    def __init__(
-        self,
-        env: Any,
-        seed: int = 0,
-        *,
-        window: int = 4,
-        draws: int = 100,
-        epsilon: float = 0.05,
-    ) -> None:
-        self.window = int(check_number("window", window, low=1, integer=True))
+    @takes(TSCLSamplingOptions)
+    def __init__(self, env: Any, seed: int = 0, *, window: int, draws: int, epsilon: float) -> None:
+        self.window = window
         super().__init__(env, seed, memory=self.window + 1)
-        self.draws = int(check_number("draws", draws, low=1, integer=True))
-        self.epsilon = check_number("epsilon", epsilon, low=0.0, high=1.0)
+        self.draws, self.epsilon = draws, epsilon
 
     def shares(self) -> np.ndarray:
         k = self.num_skills
@@ -117,6 +124,26 @@ class TSCLSamplingTeacher(ProgressTeacher):
             jitter = self.rng.random(draws.shape) * 1e-9  # below any accuracy step
             wins = np.bincount((draws + jitter).argmax(axis=1), minlength=k).astype(np.float64)
         return (1.0 - self.epsilon) * wins / wins.sum() + self.epsilon / k
+
+
+class EXP3SOptions(Options):
+    """Options of :class:`EXP3STeacher` (``exp3s``)."""
+
+    eta: float = Field(default=0.5, gt=0.0, description="step size of the weight update")
+    epsilon: float = Field(default=0.05, ge=0.0, le=1.0, description=_EPSILON)
+    alpha: float = Field(default=0.02, ge=0.0, le=1.0, description="fixed-share mixing")
+    memory: int = Field(default=200, ge=1, description="unscaled rewards kept for the quantiles")
+    low_quantile: float = Field(default=0.2, ge=0.0, le=1.0, description="rescales to -1")
+    high_quantile: float = Field(default=0.8, ge=0.0, le=1.0, description="rescales to +1")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EXP3SOptions:
+        if self.low_quantile >= self.high_quantile:
+            raise ValueError(
+                f"low_quantile {self.low_quantile!r} is not below high_quantile "
+                f"{self.high_quantile!r}"
+            )
+        return self
 
 
 class EXP3STeacher(ProgressTeacher):
@@ -139,30 +166,23 @@ class EXP3STeacher(ProgressTeacher):
     thousands, so ``eta`` is far larger than the paper's.
     """
 
+    @takes(EXP3SOptions)
     def __init__(
         self,
         env: Any,
         seed: int = 0,
         *,
-        eta: float = 0.5,
-        epsilon: float = 0.05,
-        alpha: float = 0.02,
-        memory: int = 200,
-        low_quantile: float = 0.2,
-        high_quantile: float = 0.8,
+        eta: float,
+        epsilon: float,
+        alpha: float,
+        memory: int,
+        low_quantile: float,
+        high_quantile: float,
     ) -> None:
         super().__init__(env, seed, memory=2)
-        self.eta = check_number("eta", eta, low=0.0, low_open=True)
-        self.epsilon = check_number("epsilon", epsilon, low=0.0, high=1.0)
-        self.alpha = check_number("alpha", alpha, low=0.0, high=1.0)
-        self.reward_memory = int(check_number("memory", memory, low=1, integer=True))
-        self.low_quantile = check_number("low_quantile", low_quantile, low=0.0, high=1.0)
-        self.high_quantile = check_number("high_quantile", high_quantile, low=0.0, high=1.0)
-        if self.low_quantile >= self.high_quantile:
-            raise ValueError(
-                f"low_quantile must be below high_quantile, got {low_quantile!r} >= "
-                f"{high_quantile!r}"
-            )
+        self.eta, self.epsilon, self.alpha = eta, epsilon, alpha
+        self.reward_memory = memory
+        self.low_quantile, self.high_quantile = low_quantile, high_quantile
         self.weights = np.zeros(self.num_skills)
         self.rewards: list[float] = []  # recent unscaled rewards, all skills
 
@@ -212,6 +232,13 @@ class EXP3STeacher(ProgressTeacher):
         self.rewards = [float(r) for r in state.get("rewards", [])][-self.reward_memory :]
 
 
+class ALPOptions(Options):
+    """Options of :class:`ALPTeacher` (``alp``)."""
+
+    epsilon: float = Field(default=0.2, ge=0.0, le=1.0, description="chance of a uniform pick")
+    window: int = Field(default=3, ge=1, description="evaluations the progress is averaged over")
+
+
 class ALPTeacher(ProgressTeacher):
     """ALP-GMM's sampling rule over discrete skills: absolute learning progress, ε random.
 
@@ -230,10 +257,11 @@ class ALPTeacher(ProgressTeacher):
     shares are uniform, as ALP-GMM starts with random sampling.
     """
 
-    def __init__(self, env: Any, seed: int = 0, *, epsilon: float = 0.2, window: int = 3) -> None:
-        self.window = int(check_number("window", window, low=1, integer=True))
+    @takes(ALPOptions)
+    def __init__(self, env: Any, seed: int = 0, *, epsilon: float, window: int) -> None:
+        self.window = window
         super().__init__(env, seed, memory=self.window + 1)
-        self.epsilon = check_number("epsilon", epsilon, low=0.0, high=1.0)
+        self.epsilon = epsilon
 
     def alp(self) -> np.ndarray:
         """Mean ``|Δ accuracy|`` per skill over the window; 0 where none is measured yet."""
@@ -244,6 +272,14 @@ class ALPTeacher(ProgressTeacher):
         alp = self.alp()
         greedy = alp / alp.sum() if alp.sum() > 0 else np.full(k, 1.0 / k)
         return (1.0 - self.epsilon) * greedy + self.epsilon / k
+
+
+class UCBOptions(Options):
+    """Options of :class:`UCBTeacher` (``ucb``)."""
+
+    c: float = Field(default=0.05, ge=0.0, description="weight of the exploration bonus")
+    temperature: float = Field(default=0.03, gt=0.0, description="softmax temperature")
+    window: int = Field(default=4, ge=1, description="evaluations the progress is averaged over")
 
 
 class UCBTeacher(ProgressTeacher):
@@ -267,19 +303,13 @@ class UCBTeacher(ProgressTeacher):
     ``temperature``. Skills never trained on share the whole step.
     """
 
+    @takes(UCBOptions)
     def __init__(
-        self,
-        env: Any,
-        seed: int = 0,
-        *,
-        c: float = 0.05,
-        temperature: float = 0.03,
-        window: int = 4,
+        self, env: Any, seed: int = 0, *, c: float, temperature: float, window: int
     ) -> None:
-        self.window = int(check_number("window", window, low=1, integer=True))
+        self.window = window
         super().__init__(env, seed, memory=self.window + 1)
-        self.c = check_number("c", c, low=0.0)
-        self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
+        self.c, self.temperature = c, temperature
         self.pulls = np.zeros(self.num_skills)
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from teachgym.agents.policies.base import SkillListTeacher, check_number, to_action
+from teachgym.agents.policies.base import SkillListTeacher, to_action
+from teachgym.options import Options, takes
 
 
 class UniformTeacher(SkillListTeacher):
@@ -30,6 +32,14 @@ class UniformTeacher(SkillListTeacher):
         return np.ones(self.num_skills, dtype=np.float32)
 
 
+class RandomOptions(Options):
+    """Options of the ``random`` teachers (a Dirichlet draw per step)."""
+
+    concentration: float = Field(
+        default=1.0, gt=0.0, description="Dirichlet concentration; larger: nearer uniform"
+    )
+
+
 class RandomTeacher(SkillListTeacher):
     """A fresh random mix each step, drawn from Dirichlet(``concentration``).
 
@@ -39,9 +49,10 @@ class RandomTeacher(SkillListTeacher):
     Larger ``concentration`` pulls mixes towards uniform.
     """
 
-    def __init__(self, env: Any, seed: int = 0, *, concentration: float = 1.0) -> None:
+    @takes(RandomOptions)
+    def __init__(self, env: Any, seed: int = 0, *, concentration: float) -> None:
         super().__init__(env, seed)
-        self.concentration = check_number("concentration", concentration, low=0.0, low_open=True)
+        self.concentration = concentration
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> np.ndarray:
         shares = self.rng.dirichlet(np.full(self.num_skills, self.concentration))
@@ -57,6 +68,18 @@ def weakness_shares(acc: Any, power: float, eps: float, floor: float) -> np.ndar
     total = raw.sum()
     greedy = raw / total if total > 0 else np.full(len(acc), 1.0 / len(acc))
     return floor / len(acc) + (1.0 - floor) * greedy
+
+
+class WeakestOptions(Options):
+    """Options of :class:`WeakestTeacher` (``weakest``)."""
+
+    power: float = Field(
+        default=2.0, ge=0.0, description="greed: 0 uniform, 1 proportional to the error rate"
+    )
+    eps: float = Field(default=0.01, ge=0.0, description="added to every error rate")
+    floor: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="fraction of a step spread over all skills"
+    )
 
 
 class WeakestTeacher(SkillListTeacher):
@@ -82,19 +105,10 @@ class WeakestTeacher(SkillListTeacher):
     (2, True)
     """
 
-    def __init__(
-        self,
-        env: Any,
-        seed: int = 0,
-        *,
-        power: float = 2.0,
-        eps: float = 0.01,
-        floor: float = 0.1,
-    ) -> None:
+    @takes(WeakestOptions)
+    def __init__(self, env: Any, seed: int = 0, *, power: float, eps: float, floor: float) -> None:
         super().__init__(env, seed)
-        self.power = check_number("power", power, low=0.0)
-        self.eps = check_number("eps", eps, low=0.0)
-        self.floor = check_number("floor", floor, low=0.0, high=1.0)
+        self.power, self.eps, self.floor = power, eps, floor
 
     def shares(self, observation: Any) -> np.ndarray:
         """Fractions of the step's examples per skill (sum 1); exposed for inspection."""

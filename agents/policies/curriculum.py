@@ -24,9 +24,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from teachgym.agents.policies.base import check_number
-from teachgym.agents.policies.learning_progress import LearningProgressTeacher
+from teachgym.agents.policies.learning_progress import (
+    LearningProgressOptions,
+    LearningProgressTeacher,
+)
+from teachgym.options import takes
 
 
 def length_levels(
@@ -48,6 +52,28 @@ def length_levels(
         else:
             levels.append([skill])
     return levels
+
+
+class CurriculumOptions(LearningProgressOptions):
+    """Options of :class:`CurriculumTeacher` (``curriculum``): learning progress's and its own."""
+
+    levels: list[list[str]] | None = Field(
+        default=None,
+        description="skill names by level, easiest first, each skill once; null: measured "
+        "from the validation prompts' lengths",
+    )
+    gate: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="mean accuracy of the open skills that opens the next level",
+    )
+    patience: int = Field(
+        default=10, ge=1, description="steps at one level after which the next opens anyway"
+    )
+    tolerance: float = Field(
+        default=0.1, ge=0.0, description="relative length difference within one level"
+    )
 
 
 class CurriculumTeacher(LearningProgressTeacher):
@@ -81,21 +107,20 @@ class CurriculumTeacher(LearningProgressTeacher):
     True
     """
 
+    @takes(CurriculumOptions)
     def __init__(
         self,
         env: Any,
         seed: int = 0,
         *,
-        levels: Sequence[Sequence[str]] | None = None,
-        gate: float = 0.5,
-        patience: int = 10,
-        tolerance: float = 0.1,
+        levels: Sequence[Sequence[str]] | None,
+        gate: float,
+        patience: int,
+        tolerance: float,
         **kwargs: Any,
     ) -> None:
         super().__init__(env, seed, **kwargs)
-        self.gate = check_number("gate", gate, low=0.0, high=1.0)
-        self.patience = int(check_number("patience", patience, low=1, integer=True))
-        self.tolerance = check_number("tolerance", tolerance, low=0.0)
+        self.gate, self.patience, self.tolerance = gate, patience, tolerance
         if levels is None:
             levels = length_levels(self.skills, self._prompt_lengths(env), self.tolerance)
         self.levels = self._check_levels(levels)

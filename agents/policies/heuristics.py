@@ -18,10 +18,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from teachgym.agents.policies.base import SeededTeacher, check_number
-from teachgym.agents.policies.baselines import weakness_shares
+from teachgym.agents.policies.base import SeededTeacher
+from teachgym.agents.policies.baselines import RandomOptions, WeakestOptions, weakness_shares
 from teachgym.agents.policies.common import measured_accuracy, split
+from teachgym.options import Options, takes
 from teachgym.text_formats import TreeNode, format_plan, parse_open_ended, parse_tree
 from teachgym.types import TreeAction
 
@@ -38,14 +40,29 @@ class TextUniformTeacher(SeededTeacher):
 class TextRandomTeacher(SeededTeacher):
     """OpenEnded: a fresh Dirichlet(``concentration``) mix each step, as ``skill: n`` lines."""
 
-    def __init__(self, env: Any, seed: int = 0, *, concentration: float = 1.0) -> None:
+    @takes(RandomOptions)
+    def __init__(self, env: Any, seed: int = 0, *, concentration: float) -> None:
         super().__init__(env, seed)
-        self.concentration = check_number("concentration", concentration, low=0.0, low_open=True)
+        self.concentration = concentration
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> str:
         obs = parse_open_ended(observation)
         shares = self.rng.dirichlet(np.full(len(obs.skills), self.concentration))
         return format_plan(split(obs.skills, shares, self.cap(obs.budget_left)))
+
+
+class TextFocusOptions(Options):
+    """Options of :class:`TextFocusTeacher` (``text_focus``)."""
+
+    floor: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="fraction of a step spread evenly"
+    )
+    epsilon: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="chance of a random focus skill"
+    )
+    smoothing: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="weight of the newest reward in a focus's average"
+    )
 
 
 class TextFocusTeacher(SeededTeacher):
@@ -71,19 +88,12 @@ class TextFocusTeacher(SeededTeacher):
     b: 2
     """
 
+    @takes(TextFocusOptions)
     def __init__(
-        self,
-        env: Any,
-        seed: int = 0,
-        *,
-        floor: float = 0.5,
-        epsilon: float = 0.1,
-        smoothing: float = 0.5,
+        self, env: Any, seed: int = 0, *, floor: float, epsilon: float, smoothing: float
     ) -> None:
         super().__init__(env, seed)
-        self.floor = check_number("floor", floor, low=0.0, high=1.0)
-        self.epsilon = check_number("epsilon", epsilon, low=0.0, high=1.0)
-        self.smoothing = check_number("smoothing", smoothing, low=0.0, low_open=True, high=1.0)
+        self.floor, self.epsilon, self.smoothing = floor, epsilon, smoothing
         self.value: dict[str, float] = {}  # reward average per focus skill
         self.focus: str | None = None  # the focus of the last act, credited by update()
 
@@ -172,15 +182,28 @@ class TreeUniformTeacher(SeededTeacher):
 class TreeRandomTeacher(SeededTeacher):
     """SkillTree: a fresh Dirichlet(``concentration``) target mix over the leaves each step."""
 
-    def __init__(self, env: Any, seed: int = 0, *, concentration: float = 1.0) -> None:
+    @takes(RandomOptions)
+    def __init__(self, env: Any, seed: int = 0, *, concentration: float) -> None:
         super().__init__(env, seed)
-        self.concentration = check_number("concentration", concentration, low=0.0, low_open=True)
+        self.concentration = concentration
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> TreeAction:
         nodes = parse_tree(observation)
         leaves = [n.skill for n in nodes if n.is_leaf]
         shares = self.rng.dirichlet(np.full(len(leaves), self.concentration))
         return exploit_toward(nodes, split(leaves, shares, self.step_size or sum_alloc(nodes)))
+
+
+class TreeWeakestOptions(WeakestOptions):
+    """Options of :class:`TreeWeakestTeacher` (``tree_weakest``): the weakest rule's and
+    when to split a leaf."""
+
+    threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="accuracy below which a leaf is weak"
+    )
+    patience: int = Field(default=3, ge=1, description="weak observations in a row before a split")
+    branching: int = Field(default=2, ge=1, description="subskills a split makes")
+    max_depth: int = Field(default=3, ge=1, description="path segments a split leaf may have")
 
 
 class TreeWeakestTeacher(SeededTeacher):
@@ -203,27 +226,24 @@ class TreeWeakestTeacher(SeededTeacher):
     mostly concentrates data; an LLM generator can make it different.
     """
 
+    @takes(TreeWeakestOptions)
     def __init__(
         self,
         env: Any,
         seed: int = 0,
         *,
-        power: float = 2.0,
-        eps: float = 0.01,
-        floor: float = 0.1,
-        threshold: float = 0.5,
-        patience: int = 3,
-        branching: int = 2,
-        max_depth: int = 3,
+        power: float,
+        eps: float,
+        floor: float,
+        threshold: float,
+        patience: int,
+        branching: int,
+        max_depth: int,
     ) -> None:
         super().__init__(env, seed)
-        self.power = check_number("power", power, low=0.0)
-        self.eps = check_number("eps", eps, low=0.0)
-        self.floor = check_number("floor", floor, low=0.0, high=1.0)
-        self.threshold = check_number("threshold", threshold, low=0.0, high=1.0)
-        self.patience = int(check_number("patience", patience, low=1, integer=True))
-        self.branching = int(check_number("branching", branching, low=1, integer=True))
-        self.max_depth = int(check_number("max_depth", max_depth, low=1, integer=True))
+        self.power, self.eps, self.floor = power, eps, floor
+        self.threshold, self.patience = threshold, patience
+        self.branching, self.max_depth = branching, max_depth
         self.weak_steps: dict[str, int] = {}  # consecutive weak observations per leaf
 
     def target(self, nodes: Sequence[TreeNode], total: int) -> dict[str, int]:

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from teachgym.agents.policies.base import SkillListTeacher, check_number, to_action
+from teachgym.agents.policies.base import SkillListTeacher, to_action
+from teachgym.options import Options, takes
 
 #: The largest |slope| (accuracy per step) a skill can show; untried skills get it (optimism).
 _MAX_PROGRESS = 1.0
@@ -53,6 +55,12 @@ def _with_minimum(shares: np.ndarray, mask: np.ndarray, minimum: float) -> np.nd
     return p / p.sum()
 
 
+class ProgressOptions(Options):
+    """Options of :class:`ProgressTeacher`."""
+
+    memory: int = Field(default=2, ge=2, description="measured accuracies kept per skill")
+
+
 class ProgressTeacher(SkillListTeacher):
     """Base for teachers that allocate by each skill's recent validation accuracies.
 
@@ -68,9 +76,10 @@ class ProgressTeacher(SkillListTeacher):
     ``super()``.
     """
 
-    def __init__(self, env: Any, seed: int = 0, *, memory: int = 2) -> None:
+    @takes(ProgressOptions)
+    def __init__(self, env: Any, seed: int = 0, *, memory: int) -> None:
         super().__init__(env, seed)
-        self.memory = int(check_number("memory", memory, low=2, integer=True))
+        self.memory = memory
         self.history: list[list[float]] = [[] for _ in self.skills]
         # True when update() has already recorded the observation that act() will see,
         # so the usual act/step/update loop does not count one evaluation twice.
@@ -143,6 +152,25 @@ class ProgressTeacher(SkillListTeacher):
         self._seen_latest = bool(state.get("seen_latest", False))
 
 
+class LearningProgressOptions(Options):
+    """Options of :class:`LearningProgressTeacher` (``learning_progress``)."""
+
+    window: int = Field(default=4, ge=2, description="validation accuracies the slope is fit to")
+    temperature: float = Field(
+        default=0.25, gt=0.0, description="softmax temperature, in accuracy per step"
+    )
+    epsilon: float = Field(default=0.1, ge=0.0, le=1.0, description="even share mixed in")
+    weakness: float = Field(
+        default=1.0, ge=0.0, description="weight of the pull towards low accuracy"
+    )
+    mastery: float = Field(
+        default=0.95, ge=0.0, le=1.0, description="accuracy from which a skill is mastered"
+    )
+    replay: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="least share of a step for a mastered skill"
+    )
+
+
 class LearningProgressTeacher(ProgressTeacher):
     """Most data to the skills whose validation accuracy is changing fastest.
 
@@ -198,25 +226,26 @@ class LearningProgressTeacher(ProgressTeacher):
     True
     """
 
+    @takes(LearningProgressOptions)
     def __init__(
         self,
         env: Any,
         seed: int = 0,
         *,
-        window: int = 4,
-        temperature: float = 0.25,
-        epsilon: float = 0.1,
-        weakness: float = 1.0,
-        mastery: float = 0.95,
-        replay: float = 0.05,
+        window: int,
+        temperature: float,
+        epsilon: float,
+        weakness: float,
+        mastery: float,
+        replay: float,
     ) -> None:
-        self.window = int(check_number("window", window, low=2, integer=True))
+        self.window = window
         super().__init__(env, seed, memory=self.window)
-        self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
-        self.epsilon = check_number("epsilon", epsilon, low=0.0, high=1.0)
-        self.weakness = check_number("weakness", weakness, low=0.0)
-        self.mastery = check_number("mastery", mastery, low=0.0, high=1.0)
-        self.replay = check_number("replay", replay, low=0.0, high=1.0)
+        self.temperature = temperature
+        self.epsilon = epsilon
+        self.weakness = weakness
+        self.mastery = mastery
+        self.replay = replay
 
     def progress(self) -> np.ndarray:
         """|slope| per skill over the window; NaN where a skill has fewer than 2 points."""

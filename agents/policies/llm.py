@@ -34,9 +34,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
-from teachgym.agents.policies.base import SeededTeacher, SkillListTeacher, check_number, to_action
+from teachgym.agents.policies.base import SeededTeacher, SkillListTeacher, to_action
 from teachgym.agents.policies.common import format_errors, name_lookup, split
 from teachgym.agents.policies.templates import PromptTemplate, load_template
+from teachgym.options import Options, takes
 from teachgym.text_formats import (
     PLAN_MAX_CHARS,
     TreeNode,
@@ -157,8 +158,8 @@ class LLMCaller:
         self.template = template
         self.reply_model = reply_model
         self.seed = seed
-        self.temperature = check_number("temperature", temperature, low=0.0, high=2.0)
-        self.max_tokens = int(check_number("max_tokens", max_tokens, low=1, integer=True))
+        self.temperature = temperature  # checked by the teacher's options
+        self.max_tokens = max_tokens
         self.calls = 0
         self.totals: dict[str, Any] = {k: 0 for k in _LLM_SUMS} | {"failed": {}, "retried": {}}
         self.fallbacks: Counter[str] = Counter()
@@ -232,6 +233,41 @@ class LLMCaller:
         self.totals.update(state.get("llm", {}))
 
 
+class LLMTeacherOptions(Options):
+    """Options every ``llm`` teacher takes (the OpenEnded one takes these only)."""
+
+    llm: Any = Field(
+        default=None,
+        description="the client spec {backend, model, base_url, ...} or an LLMClient; "
+        "null: the config's top-level llm",
+    )
+    prompt_file: str | Path | None = Field(
+        default=None, description="a prompt template of your own; null: the packaged one"
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="sampling temperature")
+    max_tokens: int = Field(default=1024, ge=1, description="reply tokens at most")
+    max_errors_shown: int = Field(default=12, ge=0, description="error lines in the prompt")
+
+
+class LLMSkillListOptions(LLMTeacherOptions):
+    """Options of :class:`LLMSkillListTeacher` (``llm`` on SkillList)."""
+
+    max_analysis_chars: int = Field(
+        default=300, ge=0, description="length of the reply's analysis; 0: no analysis"
+    )
+    min_weight: int = Field(
+        default=0, ge=0, le=MAX_WEIGHT - 1, description="the least weight a skill may get"
+    )
+
+
+class LLMSkillTreeOptions(LLMTeacherOptions):
+    """Options of :class:`LLMSkillTreeTeacher` (``llm`` on SkillTree)."""
+
+    max_new_subskills: int = Field(
+        default=4, ge=1, le=8, description="subskills one explore may add"
+    )
+
+
 class _LLMTeacher:
     """What every LLM teacher adds to its base: the caller, its options and its counts."""
 
@@ -254,9 +290,7 @@ class _LLMTeacher:
                 f"{type(self).__name__} needs teacher_kwargs.llm: a client spec such as "
                 "{backend: openai, model: ..., base_url: ...} or an LLMClient"
             )
-        self.max_errors_shown = int(
-            check_number("max_errors_shown", max_errors_shown, low=0, integer=True)
-        )
+        self.max_errors_shown = max_errors_shown
         template = load_template(self.template_name, prompt_file, self.variables)
         self.caller = LLMCaller(
             llm,
@@ -318,16 +352,17 @@ class LLMOpenEndedTeacher(_LLMTeacher, SeededTeacher):
     )
     reply_model = PlanReply
 
+    @takes(LLMTeacherOptions)
     def __init__(
         self,
         env: Any,
         seed: int = 0,
         *,
-        llm: LLMClient | Mapping[str, Any] | None = None,
-        prompt_file: str | Path | None = None,
-        temperature: float = 0.7,
-        max_tokens: int = 1024,
-        max_errors_shown: int = 12,
+        llm: LLMClient | Mapping[str, Any] | None,
+        prompt_file: str | Path | None,
+        temperature: float,
+        max_tokens: int,
+        max_errors_shown: int,
     ) -> None:
         SeededTeacher.__init__(self, env, seed)
         self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
@@ -417,26 +452,22 @@ class LLMSkillListTeacher(_LLMTeacher, SkillListTeacher):
         "max_analysis_chars",
     )
 
+    @takes(LLMSkillListOptions)
     def __init__(
         self,
         env: Any,
         seed: int = 0,
         *,
-        llm: LLMClient | Mapping[str, Any] | None = None,
-        prompt_file: str | Path | None = None,
-        temperature: float = 0.7,
-        max_tokens: int = 1024,
-        max_errors_shown: int = 12,
-        max_analysis_chars: int = 300,
-        min_weight: int = 0,
+        llm: LLMClient | Mapping[str, Any] | None,
+        prompt_file: str | Path | None,
+        temperature: float,
+        max_tokens: int,
+        max_errors_shown: int,
+        max_analysis_chars: int,
+        min_weight: int,
     ) -> None:
         SkillListTeacher.__init__(self, env, seed)
-        self.max_analysis_chars = int(
-            check_number("max_analysis_chars", max_analysis_chars, low=0, integer=True)
-        )
-        self.min_weight = int(
-            check_number("min_weight", min_weight, low=0, high=MAX_WEIGHT - 1, integer=True)
-        )
+        self.max_analysis_chars, self.min_weight = max_analysis_chars, min_weight
         self.reply_model = skill_weights_model(
             self.skills, self.max_analysis_chars, self.min_weight
         )
@@ -561,23 +592,22 @@ class LLMSkillTreeTeacher(_LLMTeacher, SeededTeacher):
     )
     reply_model = TreeReply
 
+    @takes(LLMSkillTreeOptions)
     def __init__(
         self,
         env: Any,
         seed: int = 0,
         *,
-        llm: LLMClient | Mapping[str, Any] | None = None,
-        prompt_file: str | Path | None = None,
-        temperature: float = 0.7,
-        max_tokens: int = 1024,
-        max_errors_shown: int = 12,
-        max_new_subskills: int = 4,
+        llm: LLMClient | Mapping[str, Any] | None,
+        prompt_file: str | Path | None,
+        temperature: float,
+        max_tokens: int,
+        max_errors_shown: int,
+        max_new_subskills: int,
     ) -> None:
         SeededTeacher.__init__(self, env, seed)
         self._setup_llm(self.seed, llm, prompt_file, temperature, max_tokens, max_errors_shown)
-        self.max_new_subskills = int(
-            check_number("max_new_subskills", max_new_subskills, low=1, high=8, integer=True)
-        )
+        self.max_new_subskills = max_new_subskills
 
     def act(self, observation: Any, info: Mapping[str, Any]) -> TreeAction:
         nodes = parse_tree(observation)

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.base import Split
+from teachgym.options import Options, takes
 from teachgym.types import Problem
 
 Operands = tuple[np.ndarray, np.ndarray]
@@ -235,6 +237,40 @@ class _Skill:
     index: int = 0  # the noise skill's number
 
 
+SkillNames = list[str] | tuple[str, ...]
+
+
+class ArithmeticOptions(Options):
+    """What :class:`ArithmeticTask` (``task: arithmetic``) takes from ``task_kwargs``;
+    the class docstring explains each at length."""
+
+    skills: SkillNames = Field(
+        default=DEFAULT_SKILLS, min_length=1, description="leaf skills (keys of FAMILIES)"
+    )
+    val_per_skill: int = Field(default=128, ge=1, description="validation items per skill")
+    test_per_skill: int = Field(default=128, ge=1, description="test items per skill")
+    split_seed: int = Field(default=1234, ge=0, description="fixes the val and test sets")
+    answer_order: Literal["lsd_first", "msd_first"] = Field(
+        default="lsd_first", description="digit order of numeric answers"
+    )
+    pad_operands: bool = Field(
+        default=False, description="pad operands with zeros to the longest operand"
+    )
+    noise_skills: int = Field(
+        default=0,
+        ge=0,
+        le=len(NOISE_OPERATORS),
+        description="extra skills whose answers are noise (stress)",
+    )
+    mirror: SkillNames = Field(
+        default=(), description="skills that get a look-alike twin with the other digit order"
+    )
+    hide_difficulty: bool = Field(
+        default=False, description="anonymous skill names, prompts padded to one length"
+    )
+    shuffle_seed: int = Field(default=0, ge=0, description="skill order under hide_difficulty")
+
+
 class ArithmeticTask:
     """Skill-labelled arithmetic, scored by exact match.
 
@@ -303,33 +339,27 @@ class ArithmeticTask:
     name = "arithmetic"
     alphabet = "0123456789+-*?<>="
 
+    @takes(ArithmeticOptions)
     def __init__(
         self,
-        skills: Sequence[str] = DEFAULT_SKILLS,
-        val_per_skill: int = 128,
-        test_per_skill: int = 128,
-        split_seed: int = 1234,
-        answer_order: str = "lsd_first",
-        pad_operands: bool = False,
-        noise_skills: int = 0,
-        mirror: Sequence[str] = (),
-        hide_difficulty: bool = False,
-        shuffle_seed: int = 0,
+        *,
+        skills: Sequence[str],
+        val_per_skill: int,
+        test_per_skill: int,
+        split_seed: int,
+        answer_order: str,
+        pad_operands: bool,
+        noise_skills: int,
+        mirror: Sequence[str],
+        hide_difficulty: bool,
+        shuffle_seed: int,
     ) -> None:
-        if answer_order not in ("lsd_first", "msd_first"):
-            raise ValueError(
-                f"answer_order must be 'lsd_first' or 'msd_first', got {answer_order!r}"
-            )
         self.answer_order = answer_order
         unknown = [s for s in skills if s not in FAMILIES]
         if unknown:
             raise ValueError(f"unknown arithmetic skills {unknown}; known: {sorted(FAMILIES)}")
-        if len(set(skills)) != len(skills) or not skills:
-            raise ValueError(f"skills must be a non-empty list without repeats, got {skills}")
-        if val_per_skill < 1 or test_per_skill < 1:
-            raise ValueError("val_per_skill and test_per_skill must be >= 1")
-        if not isinstance(pad_operands, bool):
-            raise ValueError(f"pad_operands must be true or false, got {pad_operands!r}")
+        if len(set(skills)) != len(skills):
+            raise ValueError(f"skills {list(skills)} repeat a skill")
         self.pad_operands = pad_operands
         self._width = max(_operand_digits(skill) for skill in skills) if pad_operands else 0
         #: Every leaf under its own (canonical) name, in the order the splits are drawn.
@@ -392,27 +422,18 @@ class ArithmeticTask:
         shuffle_seed: int,
         pad_operands: bool,
     ) -> list[tuple[str, _Skill]]:
-        """The mirror twins and noise skills, after checking the stress options."""
-        if isinstance(noise_skills, bool) or not isinstance(noise_skills, int):
-            raise ValueError(f"noise_skills must be an integer, got {noise_skills!r}")
-        if not 0 <= noise_skills <= len(NOISE_OPERATORS):
-            raise ValueError(f"noise_skills must be 0..{len(NOISE_OPERATORS)}, got {noise_skills}")
-        if isinstance(mirror, str) or not all(isinstance(m, str) for m in mirror):
-            raise ValueError(f"mirror must be a list of skill names, got {mirror!r}")
+        """The mirror twins and noise skills, after checking the stress options against the
+        skills (each option on its own is checked by :class:`ArithmeticOptions`)."""
         bad = [m for m in mirror if m not in skills or FAMILIES[m][0] == "?"]
         if bad or len(set(mirror)) != len(mirror):
             raise ValueError(
                 f"mirror must name numeric skills of this task without repeats "
                 f"(comparisons have no digit order); got {list(mirror)!r} for skills {list(skills)}"
             )
-        if not isinstance(hide_difficulty, bool):
-            raise ValueError(f"hide_difficulty must be true or false, got {hide_difficulty!r}")
         if hide_difficulty and pad_operands:
             raise ValueError(
                 "hide_difficulty pads prompts to one length itself; use it without pad_operands"
             )
-        if isinstance(shuffle_seed, bool) or not isinstance(shuffle_seed, int) or shuffle_seed < 0:
-            raise ValueError(f"shuffle_seed must be an integer >= 0, got {shuffle_seed!r}")
         return [(m + MIRROR_SUFFIX, _Skill("mirror", m)) for m in mirror] + [
             (f"noise/n{i}", _Skill("noise", index=i)) for i in range(noise_skills)
         ]

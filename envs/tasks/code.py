@@ -60,6 +60,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from teachgym.envs.tasks.code_judge import (
     _client_program,
     _Job,
@@ -67,7 +69,8 @@ from teachgym.envs.tasks.code_judge import (
     _new_marker,
     _server_program,
 )
-from teachgym.envs.tasks.dataset import DatasetTask, Row
+from teachgym.envs.tasks.dataset import DatasetOptions, DatasetTask, Row
+from teachgym.options import takes
 from teachgym.sandbox import Limits, Sandbox, SandboxPool, SandboxResult, SandboxUnavailable
 from teachgym.types import Problem
 
@@ -375,6 +378,22 @@ def vacuous_assert(test: str) -> str | None:
     return None
 
 
+class CodeOptions(DatasetOptions):
+    """Options of :class:`CodeTask` (``task: code``): a dataset task's, and the sandbox's."""
+
+    timeout_s: float = Field(
+        default=5.0, gt=0.0, description="wall-clock seconds a program may run"
+    )
+    workers: int | None = Field(
+        default=None, ge=1, description="programs run at once; null: the CPU count"
+    )
+    memory_mb: int = Field(default=1024, ge=64, description="a program's address space, MiB")
+    unsafe: bool = Field(
+        default=False,
+        description="run untrusted code without OS isolation where bubblewrap cannot run",
+    )
+
+
 class CodeTask(DatasetTask):
     """HumanEval-format problems, scored by their tests in the OS sandbox.
 
@@ -414,22 +433,17 @@ class CodeTask(DatasetTask):
     #: :meth:`verify` runs the answer against tests: a real check of the answer.
     verifies_answers = True
 
+    @takes(CodeOptions)
     def __init__(
         self,
-        path: Any = None,
+        path: Any,
         *,
-        timeout_s: float = 5.0,
-        workers: int | None = None,
-        memory_mb: int = 1024,
-        unsafe: bool = False,
+        timeout_s: float,
+        workers: int | None,
+        memory_mb: int,
+        unsafe: bool,
         **kwargs: Any,
     ) -> None:
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
-            raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
-        if not isinstance(unsafe, bool):
-            raise ValueError(f"unsafe must be true or false, got {unsafe!r}")
-        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
-            raise ValueError(f"memory_mb must be an integer >= 64, got {memory_mb!r}")
         self.timeout_s = float(timeout_s)
         try:
             # before the data: a machine that cannot score should fail at once

@@ -62,11 +62,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import Field
 
 from teachgym.envs.skills import SkillTree
+from teachgym.options import Options, takes
 from teachgym.runtime import cache_root
 from teachgym.types import Problem, normalize_prompt
 
@@ -87,8 +89,6 @@ SINGLE_SKILL = "all"
 OTHER_SKILL = "other"
 
 _SKILL_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-_SKILL_MODES = ("gold", "none", "discovered")
-_DISCOVERY_KEYS = ("max_skills", "cache_dir")
 _SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
@@ -217,6 +217,50 @@ class _Item:
     row: Row
 
 
+class DiscoveryOptions(Options):
+    """The ``task_kwargs.discovery`` block: how skills are discovered (``skills: discovered``)."""
+
+    max_skills: int = Field(default=8, ge=1, description="skills the LLM may name at most")
+    cache_dir: str | None = Field(
+        default_factory=default_discovery_cache,
+        description="where discovered labels are kept ($TEACHGYM_CACHE/...); null: no cache",
+    )
+
+
+class DatasetOptions(Options):
+    """What a dataset task (``gsm8k``, ``math``, ``code``) takes from ``task_kwargs``; the
+    :class:`DatasetTask` docstring explains each at length."""
+
+    path: str | Path | None = Field(
+        default=None, description="a .jsonl(.gz) file or a directory; null: the hub dataset"
+    )
+    val_size: int | None = Field(
+        default=None, ge=1, description="val problems; null: the task's default"
+    )
+    test_size: Annotated[int, Field(ge=1)] | Literal["default"] | None = Field(
+        default="default", description="test problems; null: the whole test source"
+    )
+    split_seed: int = Field(default=1234, ge=0, description="fixes which rows land where")
+    skills: Literal["gold", "none", "discovered"] | dict[str, str] | None = Field(
+        default=None,
+        description="gold, none, discovered, or {problem_id: skill}; null: gold if the "
+        "task has gold labels, else none",
+    )
+    llm: Any = Field(
+        default=None,
+        description="for skills: discovered, the labeller (the assembly makes it from the "
+        "config's llm spec)",
+    )
+    discovery: DiscoveryOptions | None = Field(
+        default=None, strict=False, description="max_skills and cache_dir for discovery"
+    )
+    discovery_train_items: int = Field(
+        default=64, ge=0, description="train rows labelled by discovery as well"
+    )
+    hub_name: str | None = Field(default=None, description="another hub dataset")
+    hub_config: str | None = Field(default=None, description="the hub dataset's config")
+
+
 class DatasetTask:
     """A task over a fixed pool of problems; subclasses say how to read and score rows.
 
@@ -255,41 +299,29 @@ class DatasetTask:
     default_val_size: int = 256
     default_test_size: int | None = None
 
+    @takes(DatasetOptions)
     def __init__(
         self,
-        path: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | None,
         *,
-        val_size: int | None = None,
-        test_size: int | Literal["default"] | None = "default",
-        split_seed: int = 1234,
-        skills: str | Mapping[str, str] | None = None,
-        llm: Any = None,
-        discovery: Mapping[str, Any] | None = None,
-        discovery_train_items: int = 64,
-        hub_name: str | None = None,
-        hub_config: str | None = None,
+        val_size: int | None,
+        test_size: int | Literal["default"] | None,
+        split_seed: int,
+        skills: str | Mapping[str, str] | None,
+        llm: Any,
+        discovery: DiscoveryOptions | None,
+        discovery_train_items: int,
+        hub_name: str | None,
+        hub_config: str | None,
     ) -> None:
         val_size = self.default_val_size if val_size is None else val_size
         test_size = self.default_test_size if test_size == "default" else test_size
-        if not isinstance(val_size, int) or val_size < 1:
-            raise ValueError(f"val_size must be an integer >= 1, got {val_size!r}")
-        if test_size is not None and (not isinstance(test_size, int) or test_size < 1):
-            raise ValueError(f"test_size must be an integer >= 1 or None, got {test_size!r}")
-        if discovery_train_items < 0:
-            raise ValueError(f"discovery_train_items must be >= 0, got {discovery_train_items}")
         if skills is None:
             skills = "gold" if self.has_gold_skills else "none"
-        if isinstance(skills, str) and skills not in _SKILL_MODES:
-            raise ValueError(
-                f"skills must be one of {list(_SKILL_MODES)} or a mapping {{problem_id: skill}}, "
-                f"got {skills!r}"
-            )
         if skills == "gold" and not self.has_gold_skills:
             raise ValueError(
                 f"task {self.name!r} has no gold skill labels; use skills='none' or 'discovered'"
             )
-        if not isinstance(skills, (str, Mapping)):
-            raise ValueError(f"skills must be a string or a mapping, got {type(skills).__name__}")
         if hub_name is not None:
             self.hub_name = hub_name
         if hub_config is not None:
@@ -628,7 +660,7 @@ class DatasetTask:
         test: list[_Item],
         train: list[_Item],
         llm: Any,
-        discovery: Mapping[str, Any] | None,
+        discovery: DiscoveryOptions | None,
         discovery_train_items: int,
     ) -> dict[str, str]:
         if llm is None:
@@ -640,13 +672,8 @@ class DatasetTask:
                 "SkillDiscoverer); build the task with teachgym.assembly.build_task, or pass "
                 f"llm=SkillDiscoverer(client) (got {type(llm).__name__})"
             )
-        opts = dict(discovery or {})
-        unknown = sorted(set(opts) - set(_DISCOVERY_KEYS))
-        if unknown:
-            raise ValueError(f"discovery: unknown key {unknown[0]!r}; known: {_DISCOVERY_KEYS}")
-        max_skills = opts.get("max_skills", 8)
-        if not isinstance(max_skills, int) or max_skills < 1:
-            raise ValueError(f"discovery.max_skills must be an integer >= 1, got {max_skills!r}")
+        opts = discovery if discovery is not None else DiscoveryOptions()
+        max_skills = opts.max_skills
         rng = np.random.default_rng([self.split_seed, 1])
         k = min(discovery_train_items, len(train))
         extra = [train[i] for i in sorted(rng.choice(len(train), size=k, replace=False).tolist())]
@@ -655,7 +682,7 @@ class DatasetTask:
             [self._problem(it, SINGLE_SKILL) for it in items],
             max_skills=max_skills,
             dataset=self.name,
-            cache_dir=opts.get("cache_dir", default_discovery_cache()),
+            cache_dir=opts.cache_dir,
             seed=self.split_seed,
         )
         labels = {pid: self._skill_name(str(s)) for pid, s in found.items()}

@@ -17,14 +17,25 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import Field
+
 from teachgym.envs.tasks.answers import extract_final_number, numbers_equal
-from teachgym.envs.tasks.dataset import DatasetTask, Row
+from teachgym.envs.tasks.dataset import DatasetOptions, DatasetTask, Row
+from teachgym.options import takes
 
 __all__ = ["GSM8KTask"]
 
 #: GSM8K's calculator annotations, ``<<9*2=18>>``: tool-use markup for the dataset's
 #: original verifier, not reasoning a student should learn to write.
 _CALC = re.compile(r"<<[^<>]*>>")
+
+
+class GSM8KOptions(DatasetOptions):
+    """Options of :class:`GSM8KTask` (``task: gsm8k``): a dataset task's, and its own."""
+
+    keep_calculator: bool = Field(
+        default=False, description="keep the <<a*b=c>> annotations in gold solutions"
+    )
 
 
 class GSM8KTask(DatasetTask):
@@ -34,7 +45,7 @@ class GSM8KTask(DatasetTask):
     1319 of the test split), ``split_seed``, ``skills``, ``llm``,
     ``discovery``, ``discovery_train_items``, ``hub_name``, ``hub_config``):
         keep_calculator: keep the ``<<a*b=c>>`` annotations in gold solutions
-            (default ``False``: they are removed).
+            (by default they are removed).
 
     A problem's ``prompt`` is the question, its ``answer`` the worked solution
     ending ``#### n``, ``metadata["final_answer"]`` the canonical ``n``.
@@ -54,9 +65,8 @@ class GSM8KTask(DatasetTask):
     default_val_size = 256
     default_test_size = None
 
-    def __init__(self, path: Any = None, *, keep_calculator: bool = False, **kwargs: Any) -> None:
-        if not isinstance(keep_calculator, bool):
-            raise ValueError(f"keep_calculator must be true or false, got {keep_calculator!r}")
+    @takes(GSM8KOptions)
+    def __init__(self, path: Any, *, keep_calculator: bool, **kwargs: Any) -> None:
         self.keep_calculator = keep_calculator
         super().__init__(path, **kwargs)
 

@@ -26,12 +26,21 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import Field
+
 from teachgym.envs.tasks.answers import extract_boxed, math_equal
-from teachgym.envs.tasks.dataset import DatasetTask, Row, slugify_skill
+from teachgym.envs.tasks.dataset import DatasetOptions, DatasetTask, Row, slugify_skill
+from teachgym.options import takes
 
 __all__ = ["MATHTask"]
 
 _LEVEL = re.compile(r"^\s*Level\s+(\d)\s*$")
+
+
+class MATHOptions(DatasetOptions):
+    """Options of :class:`MATHTask` (``task: math``): a dataset task's, and its own."""
+
+    by_level: bool = Field(default=False, description="one skill per subject and level")
 
 
 class MATHTask(DatasetTask):
@@ -62,9 +71,8 @@ class MATHTask(DatasetTask):
     default_val_size = 256
     default_test_size = 500
 
-    def __init__(self, path: Any = None, *, by_level: bool = False, **kwargs: Any) -> None:
-        if not isinstance(by_level, bool):
-            raise ValueError(f"by_level must be true or false, got {by_level!r}")
+    @takes(MATHOptions)
+    def __init__(self, path: Any, *, by_level: bool, **kwargs: Any) -> None:
         self.by_level = by_level
         super().__init__(path, **kwargs)
 
