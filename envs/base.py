@@ -32,7 +32,7 @@ from teachgym.envs.evaluation import build_report, score_outputs
 from teachgym.envs.filtering import ExampleFilter
 from teachgym.envs.skills import SkillTree
 from teachgym.envs.tasks.base import Split, Task, TaskCapabilities
-from teachgym.students.base import Closable, HasHorizon, ScoresOwnShards, Student
+from teachgym.students.base import Closable, HasHorizon, ReportsPerf, ScoresOwnShards, Student
 from teachgym.text_formats import bad_text_chars as bad_text_chars
 from teachgym.text_formats import clean_text as clean_text
 from teachgym.text_formats import is_text_char
@@ -179,6 +179,7 @@ class TeacherEnv(gym.Env):
         self._shortfall_reasons = frozenset(
             generator.shortfall_reasons if isinstance(generator, ReportsShortfall) else ()
         )
+        self._take_perf = self.student.take_perf if isinstance(self.student, ReportsPerf) else None
         self._predict_scored = (
             self.student.predict_scored
             if parts.score_remotely and isinstance(self.student, ScoresOwnShards)
@@ -247,7 +248,7 @@ class TeacherEnv(gym.Env):
         t0 = time.perf_counter()
         self._report, self.last_predictions = self.evaluate("val")
         self._history = [self._report.accuracy]
-        info = self._info(timings=Timings({"evaluate": time.perf_counter() - t0}))
+        info = self._info(timings=Timings({"evaluate": time.perf_counter() - t0}), **self._perf())
         return self.observe(), info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
@@ -296,6 +297,7 @@ class TeacherEnv(gym.Env):
             rejected=made.rejected_totals(),
             examples_by_skill=made.by_skill(),
             train=dict(train_metrics),
+            **self._perf(),
         )
         if isinstance(plan, Allocation):
             info["requested"] = dict(plan.counts)
@@ -428,6 +430,11 @@ class TeacherEnv(gym.Env):
         pass
 
     # -- info, rendering, state -------------------------------------------
+    def _perf(self) -> dict[str, Perf]:
+        """``{"perf": ...}``: what a student that reports it measured since the last call
+        (tokens per second, peak memory); nothing for one that does not."""
+        return {"perf": Perf(self._take_perf())} if self._take_perf is not None else {}
+
     def _info(self, **extra: Any) -> dict[str, Any]:
         report = self.report
         return {
@@ -537,6 +544,17 @@ class Timings(Mapping[str, float]):
 
     def __repr__(self) -> str:
         return f"Timings({self._seconds!r})"
+
+
+class Perf(Timings):
+    """A student's measurements over a step (tokens per second, peak memory).
+
+    Like :class:`Timings`, two compare equal when they measure the same
+    things, whatever the values: they vary run to run.
+    """
+
+    def __repr__(self) -> str:
+        return f"Perf({dict(self)!r})"
 
 
 class StepData:

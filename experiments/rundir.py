@@ -4,6 +4,7 @@
 config.yaml          the resolved config (resume reads it)
 steps.jsonl          one StepRecord per step (deterministic: byte-identical on a rerun)
 timings.jsonl        seconds per phase per step (kept apart: not deterministic)
+perf.jsonl           the student's tokens/s and peak device memory per step (idem)
 data/step_NNNN.jsonl          the accepted training examples of each step
 predictions/step_NNNN.jsonl   the student's answer to every validation problem
 checkpoint/          the newest complete checkpoint (COMPLETE written last)
@@ -36,6 +37,9 @@ from teachgym.config import ExperimentConfig, build_config, read_yaml
 CONFIG = "config.yaml"
 STEPS = "steps.jsonl"
 TIMINGS = "timings.jsonl"
+#: Per step, what a student that reports it measured (``ReportsPerf``): training and
+#: evaluation tokens per second, peak device memory. Not deterministic, so never in STEPS.
+PERF = "perf.jsonl"
 SUMMARY = "summary.json"
 DATA = "data"
 PREDICTIONS = "predictions"
@@ -53,6 +57,7 @@ RESUMABLE = (CONFIG, STEPS, TIMINGS)
 __all__ = [
     "CHECKPOINT",
     "COMPLETE",
+    "PERF",
     "RunDir",
     "StepRecord",
     "append_jsonl",
@@ -254,17 +259,30 @@ class RunDir:
         """Remove every file a run writes here (and the directory, if then empty)."""
         for name in (DATA, PREDICTIONS, CHECKPOINT, CHECKPOINT + ".tmp", CHECKPOINT + ".old"):
             shutil.rmtree(self.path / name, ignore_errors=True)
-        for name in (CONFIG, STEPS, TIMINGS, SUMMARY, LEARNING_CURVE, SKILLS_HEATMAP, ALLOCATION):
+        for name in (
+            CONFIG,
+            STEPS,
+            TIMINGS,
+            PERF,
+            SUMMARY,
+            LEARNING_CURVE,
+            SKILLS_HEATMAP,
+            ALLOCATION,
+        ):
             (self.path / name).unlink(missing_ok=True)
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
 
     def truncate(self, step: int) -> list[dict[str, Any]]:
-        """Drop ``steps.jsonl`` and ``timings.jsonl`` rows newer than ``step``; the rows kept."""
+        """Drop ``steps.jsonl``, ``timings.jsonl`` and ``perf.jsonl`` rows newer than
+        ``step``; the ``steps.jsonl`` rows kept."""
         rows = [r for r in self.rows() if r["step"] <= step]
         write_jsonl(self.path / STEPS, rows)
         timings = read_jsonl(self.path / TIMINGS)
         write_jsonl(self.path / TIMINGS, [t for t in timings if t["step"] <= step])
+        if (self.path / PERF).exists():
+            perf = read_jsonl(self.path / PERF)
+            write_jsonl(self.path / PERF, [p for p in perf if p["step"] <= step])
         return rows
 
     # -- checkpoints -----------------------------------------------------------------

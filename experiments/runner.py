@@ -50,6 +50,7 @@ from teachgym.experiments.rundir import (
     CHECKPOINT,
     COMPLETE,
     LEARNING_CURVE,
+    PERF,
     SKILLS_HEATMAP,
     STEPS,
     SUMMARY,
@@ -107,7 +108,8 @@ def _handle(callback: Callback) -> Episode:
 
 
 class RunRecorder(Callback):
-    """``steps.jsonl``, ``timings.jsonl``, ``data/`` and ``predictions/`` of a run directory."""
+    """``steps.jsonl``, ``timings.jsonl``, ``perf.jsonl`` (when the student reports its
+    throughput), ``data/`` and ``predictions/`` of a run directory."""
 
     def __init__(self, run_dir: RunDir, rows: list[dict[str, Any]] | None = None) -> None:
         self.run_dir = run_dir
@@ -117,6 +119,8 @@ class RunRecorder(Callback):
         self.rows = [StepRecord.from_step(info).to_row()]
         write_jsonl(self.run_dir.file(STEPS), self.rows)
         self.run_dir.file(TIMINGS).write_text("")
+        self.run_dir.file(PERF).unlink(missing_ok=True)
+        self._write_perf(0, info)
 
     def on_step(self, env: Any, teacher: Any, transition: Transition) -> None:
         info = transition.info
@@ -144,6 +148,11 @@ class RunRecorder(Callback):
             self.run_dir.file(TIMINGS),
             {"step": record.step, **dict(info["timings"]), "total": transition.seconds},
         )
+        self._write_perf(record.step, info)
+
+    def _write_perf(self, step: int, info: dict[str, Any]) -> None:
+        if "perf" in info:
+            append_jsonl(self.run_dir.file(PERF), {"step": step, **dict(info["perf"])})
 
 
 class Checkpointer(Callback):

@@ -61,6 +61,6 @@ class Closable(Protocol):
 @runtime_checkable
 class ReportsPerf(Protocol):
     """``take_perf()``: measurements since the last call (tokens per second, peak
-    memory), which vary run to run and so go to ``timings.jsonl``, not ``steps.jsonl``."""
+    memory), which vary run to run and so go to ``perf.jsonl``, not ``steps.jsonl``."""
 
     def take_perf(self) -> dict[str, Any]: ...

@@ -52,6 +52,9 @@ class GreedyDecoder:
         stop: strings that end a completion (cut before the first one).
         max_new_tokens: the most tokens decoded per prompt.
         batch_size: prompts per forward pass.
+
+    ``last_tokens``: the prompt tokens plus the tokens generated (up to each
+    row's stop token) of the last :meth:`predict`, for throughput reports.
     """
 
     def __init__(
@@ -68,12 +71,14 @@ class GreedyDecoder:
         self.stop = tuple(stop)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.last_tokens = 0
 
     @torch.no_grad()
     def predict(self, model: Any, prompts: Sequence[str], truncated: Counter[str]) -> list[str]:
         """``model``'s completions of ``prompts`` in order; prompt cuts are added to
         ``truncated``. The model is put in eval mode."""
         model.eval()
+        self.last_tokens = 0
         out: list[str] = []
         for i in range(0, len(prompts), self.batch_size):
             out.extend(self.greedy(model, list(prompts[i : i + self.batch_size]), truncated))
@@ -127,7 +132,13 @@ class GreedyDecoder:
                 **{cache_arg: _cache_of(result)},
             )
         rows = torch.stack(generated, dim=1).tolist()
+        self.last_tokens += sum(len(ids) for ids in encoded) + sum(map(self._generated, rows))
         return [self.decode(row) for row in rows]
+
+    def _generated(self, row: list[int]) -> int:
+        """Tokens a row generated: up to and including its first stop token."""
+        stops = set(self.stop_ids)
+        return next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
 
     def decode(self, row: list[int]) -> str:
         """Text up to the first stop token, then up to the first stop string."""

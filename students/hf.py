@@ -24,6 +24,7 @@ default to it.
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -41,13 +42,12 @@ from teachgym.students.decoding import GreedyDecoder, stop_token_ids
 from teachgym.students.encoding import TextCodec, resolve_chat_template
 from teachgym.students.eval_sync import EvaluatorSync
 from teachgym.students.options import (
-    Dtype,
     EvalBackend,
     HFStudentOptions,
     Mode,
     check_student_options,
     resolve_device,
-    resolve_dtype,
+    resolve_precision,
     task_generation_defaults,
 )
 from teachgym.students.training import (
@@ -104,10 +104,22 @@ class HFStudent:
             DoRA, no ``modules_to_save``).
         device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``), or ``None``/``"auto"``
             for CUDA when available.
+        dtype: the precision (see :class:`~.options.Precision`): ``"auto"``
+            (bf16 mixed precision on CUDA, float32 on the CPU), ``"fp32"``,
+            ``"bf16"``/``"fp16"`` (mixed: trained weights and optimizer state
+            in float32, compute under autocast, a LoRA student's frozen base in
+            half precision) or ``"bf16_pure"``/``"fp16_pure"`` (everything in
+            half precision, updates too). The model is cast accordingly.
         grad_accum_steps: split each optimizer batch into this many
             micro-batches, for memory only: the update is the same as one
             full batch (each micro-batch's loss is weighted by its share of
             the batch's completion tokens).
+        max_batch_tokens: the most tokens (rows times width) one forward pass
+            of training holds; a batch that needs more runs as micro-batches
+            with the same update. ``batch_size`` stays the optimizer's batch.
+        compile: train through ``torch.compile`` of the model (off by default:
+            the compilation costs more than it saves on short runs and small
+            models).
         gradient_checkpointing: recompute activations in the backward pass,
             trading compute for memory on long sequences or big models.
         chat_template: wrap prompts in the tokenizer's chat template (the
@@ -150,6 +162,10 @@ class HFStudent:
     The student sets no process-wide state: torch's thread count belongs to
     whoever owns the process (the runner sets it from the config's
     ``threads``; a Ray worker from its ``num_cpus``).
+
+    :meth:`take_perf` reports training and evaluation tokens per second and
+    peak device memory since its last call (the run directory's
+    ``perf.jsonl``); they vary run to run and never enter ``steps.jsonl``.
     """
 
     @takes(HFStudentOptions)
@@ -172,7 +188,10 @@ class HFStudent:
         seed: int = 0,
         lora: Mapping[str, Any] | None,
         device: str | None,
+        dtype: str | torch.dtype,
         grad_accum_steps: int,
+        max_batch_tokens: int | None,
+        compile: bool,
         gradient_checkpointing: bool,
         chat_template: bool | None,
         max_prompt_tokens: int | None,
@@ -195,40 +214,55 @@ class HFStudent:
             pack_width=pack_width,
             grad_accum_steps=grad_accum_steps,
             packing=packing,
+            max_batch_tokens=max_batch_tokens,
+            compile=compile,
         )
         chat_template = resolve_chat_template(tokenizer, chat_template)
         self.codec = TextCodec(tokenizer, chat_template, max_prompt_tokens, max_completion_tokens)
         stop_ids = stop_token_ids(model, tokenizer)  # before LoRA wraps the model
         self.decoder = GreedyDecoder(self.codec, stop_ids, stop, max_new_tokens, eval_batch_size)
         self.device = resolve_device(device)
+        self.precision = resolve_precision(dtype, self.device)
         self.seed, self.mode, self.eval_backend = seed, mode, eval_backend
         self.tokenizer = tokenizer
         self.base_checkpoint = checkpoints.checkpoint_dir(model, base_checkpoint)
         self.model = self._prepare_model(model, lora, gradient_checkpointing)
         pad = tokenizer.pad_token_id
-        self.trainer = Trainer(self.model, settings, device=self.device, pad_token_id=pad)
+        self.trainer = Trainer(
+            self.model, settings, device=self.device, pad_token_id=pad, precision=self.precision
+        )
         self.eval_sync = EvaluatorSync(evaluator_factory, vllm_kwargs, eval_dir)
         self.last_predict_info: dict[str, int] = {}
         self.horizon: int | None = None
         self._seen: list[Example] = []
         self._calls = 0
+        self._perf = _PerfCounters()
 
     def _prepare_model(
         self, model: Any, lora: Mapping[str, Any] | None, gradient_checkpointing: bool
     ) -> Any:
-        """The model on the device, with its LoRA adapter (seeded) when asked for.
+        """The model on the device, in its precision, with its LoRA adapter (seeded) when
+        asked for.
 
-        Sets ``lora``, ``gradient_checkpointing`` and ``_base``: full
-        fine-tuning keeps a copy of the base weights for ``reset``, a LoRA
-        student none (it re-initialises its adapter instead).
+        Full fine-tuning stores every weight as trained (float32 under mixed
+        precision); LoRA stores the frozen base in the compute dtype and, under
+        mixed precision, the adapter in float32. Sets ``lora``,
+        ``gradient_checkpointing`` and ``_base``: full fine-tuning keeps a
+        copy of the base weights for ``reset``, a LoRA student none (it
+        re-initialises its adapter instead).
         """
         self.gradient_checkpointing = bool(gradient_checkpointing)
         if gradient_checkpointing:
             enable_gradient_checkpointing(model)
         self.lora = bool(lora)
         self._lora_init: checkpoints.LoraInit = True
+        model = model.to(self.precision.storage(trained=not self.lora))
         if lora:
             model, self._lora_init = checkpoints.with_lora(model, lora)
+            if self.precision.autocast:
+                for param in model.parameters():
+                    if param.requires_grad:
+                        param.data = param.data.float()
         model = model.to(self.device)
         if self.lora:
             checkpoints.init_adapter(model, self._lora_init, self.seed, self.device)
@@ -324,12 +358,14 @@ class HFStudent:
             return {"loss": float("nan"), "steps": 0.0, "tokens": 0.0}
         truncated: Counter[str] = Counter()
         encoded = self.codec.encode_examples(data, truncated)
+        start = time.perf_counter()
         metrics = self.trainer.fit(
             encoded,
             data_order(self.seed, self._calls),
             continual=self.mode == "continual",
             horizon=self.horizon,
         )
+        self._perf.add("train", metrics["tokens"], time.perf_counter() - start)
         if self.max_prompt_tokens is not None or self.max_completion_tokens is not None:
             metrics["truncated_prompts"] = float(truncated["truncated_prompts"])
             metrics["truncated_completions"] = float(truncated["truncated_completions"])
@@ -346,7 +382,10 @@ class HFStudent:
         if self.eval_backend == "vllm":
             out = self.eval_sync.predict(self, problems, truncated)
         else:
-            out = self.decoder.predict(self.model, [p.prompt for p in problems], truncated)
+            start = time.perf_counter()
+            with self.precision.context(self.device):
+                out = self.decoder.predict(self.model, [p.prompt for p in problems], truncated)
+            self._perf.add("eval", self.decoder.last_tokens, time.perf_counter() - start)
         if self.max_prompt_tokens is not None:
             n = truncated["truncated_prompts"]
             self.last_predict_info = {"truncated_prompts": n}
@@ -357,6 +396,20 @@ class HFStudent:
                     stacklevel=2,
                 )
         return out
+
+    def take_perf(self) -> dict[str, Any]:
+        """Tokens per second of training and of evaluation (``hf`` backend: prompt
+        plus generated tokens) and the peak device memory, since the last call.
+
+        Keys with nothing measured are left out; ``peak_memory_mib`` is
+        CUDA's peak allocated memory on the student's device (its counter
+        is reset by this call), absent on the CPU.
+        """
+        perf = self._perf.take()
+        if self.device.type == "cuda":
+            perf["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return perf
 
     def sync_evaluator(self) -> Path | None:
         """Hand changed weights to the vLLM evaluator (built if need be); returns the
@@ -403,6 +456,8 @@ class HFStudent:
         eval_state = self.eval_sync.state_dict()
         if eval_state is not None:
             state["evaluator"] = eval_state
+        if trainer.scaler is not None:
+            state["grad_scaler"] = trainer.scaler.state_dict()
         checkpoints.write_checkpoint(Path(path), self.model, trainer.opt, state)
 
     def load(self, path: str | Path) -> None:
@@ -422,6 +477,8 @@ class HFStudent:
             checkpoints.read_optimizer(path, self.device),
         )
         self._seen = [Example.model_validate(e) for e in state["seen"]]
+        if self.trainer.scaler is not None and state.get("grad_scaler") is not None:
+            self.trainer.scaler.load_state_dict(state["grad_scaler"])
         self.eval_sync.mark_changed()
         if state.get("evaluator") is not None:
             self.eval_sync.load_state_dict(state["evaluator"])
@@ -444,6 +501,27 @@ class HFStudent:
             self.close()
 
 
+class _PerfCounters:
+    """Tokens and seconds of training and evaluation since the last :meth:`take`."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, tokens: float, seconds: float) -> None:
+        self.tokens[phase] = self.tokens.get(phase, 0.0) + tokens
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def take(self) -> dict[str, Any]:
+        rates = {
+            f"{phase}_tokens_per_s": self.tokens[phase] / seconds
+            for phase, seconds in self.seconds.items()
+            if seconds > 0
+        }
+        self.tokens, self.seconds = {}, {}
+        return rates
+
+
 #: ``student: hf``: a checkpoint to load, where, and :class:`HFStudent`'s options.
 PretrainedOptions = derive(
     "PretrainedOptions",
@@ -451,10 +529,6 @@ PretrainedOptions = derive(
     "Options of the ``hf`` student: the checkpoint, its dtype and device, and HFStudent's.",
     fields={
         "model": (str, Field(default="", description="a hub id or a local directory (needed)")),
-        "dtype": (
-            Dtype,
-            Field(default="auto", description="auto: bfloat16 on CUDA, float32 on the CPU"),
-        ),
     },
     device="auto",
 )
@@ -473,16 +547,19 @@ def hf_student_from_pretrained(
     """Registry factory for ``student: hf``: a hub or local checkpoint.
 
     ``model`` is a hub id or a local directory; loading from the hub needs
-    network access, a local directory does not. ``dtype`` (``"auto"``:
-    bfloat16 on CUDA, float32 on the CPU) and ``device`` choose where the
-    weights live; every other argument goes to :class:`HFStudent` (``lora``,
-    ``chat_template``, length limits, ...). A tokenizer without a pad token
-    pads with its eos token (padding is masked out, so which id is moot).
+    network access, a local directory does not. ``dtype`` (see
+    :class:`HFStudent`; ``"auto"``: bf16 mixed precision on CUDA, float32 on
+    the CPU) and ``device`` choose how and where the weights live: they are
+    loaded in the dtype the student stores them in (a LoRA student's base in
+    half precision, so a large model never passes through float32). Every
+    other argument goes to :class:`HFStudent` (``lora``, ``chat_template``,
+    length limits, ...). A tokenizer without a pad token pads with its eos
+    token (padding is masked out, so which id is moot).
     """
     if not model:
         raise ValueError("student 'hf' needs student_kwargs.model (a hub id or a local path)")
     target = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
+    torch_dtype = resolve_precision(dtype, target).storage(trained=not kwargs.get("lora"))
     kwargs = task_generation_defaults(task, kwargs)
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.eos_token_id is None:
@@ -494,7 +571,7 @@ def hf_student_from_pretrained(
         torch.manual_seed(seed)
         lm = AutoModelForCausalLM.from_pretrained(model, **{_dtype_kwarg(): torch_dtype})
     kwargs.setdefault("base_checkpoint", model if Path(model).is_dir() else None)
-    return HFStudent(lm, tokenizer, seed=seed, device=str(target), **kwargs)
+    return HFStudent(lm, tokenizer, seed=seed, device=str(target), dtype=dtype, **kwargs)
 
 
 def _dtype_kwarg() -> str:

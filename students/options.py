@@ -10,7 +10,9 @@ failure mid-episode).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -26,7 +28,9 @@ EvalBackend = Literal["hf", "vllm"]
 
 EVAL_BACKENDS: tuple[str, ...] = get_args(EvalBackend)
 Schedule = Literal["inverse_sqrt", "constant"]
-Dtype = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
+Dtype = Literal[
+    "auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "bf16_pure", "fp16_pure"
+]
 StopString = Annotated[str, Field(min_length=1)]
 _DTYPES = {
     "float32": torch.float32,
@@ -36,6 +40,8 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+#: The suffix that names the old pure half-precision training (``bf16_pure``, ``fp16_pure``).
+PURE = "_pure"
 
 
 class HFStudentOptions(Options):
@@ -79,7 +85,19 @@ class HFStudentOptions(Options):
     device: str | None = Field(
         default=None, description="cpu, cuda, cuda:N; null or auto: CUDA when available"
     )
+    dtype: Dtype = Field(
+        default="auto",
+        description="auto: bf16 mixed precision on CUDA, float32 on the CPU; bf16/fp16: "
+        "float32 master weights under autocast; fp32; bf16_pure/fp16_pure: all half precision",
+    )
     grad_accum_steps: int = Field(default=1, ge=1, description="micro-batches per batch")
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="most tokens one forward pass holds; a larger batch runs as micro-batches "
+        "with the same update; null: no limit",
+    )
+    compile: bool = Field(default=False, description="train through torch.compile")
     gradient_checkpointing: bool = Field(
         default=False, description="recompute activations in the backward pass"
     )
@@ -139,19 +157,73 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"``: bfloat16 on CUDA (half the memory, tensor cores), float32 on the CPU.
+@dataclass(frozen=True)
+class Precision:
+    """How a student stores, updates and computes with its weights.
 
-    CPU kernels for bfloat16 are slow or missing on many machines and fp32
-    keeps CPU results reproducible.
+    ``compute`` is the dtype of the matrix multiplications. With a half
+    ``compute`` and ``pure`` false (mixed precision, the default for bf16 and
+    fp16), the weights that are trained stay in float32 (master weights, and
+    AdamW's state with them) and forward and backward run under
+    ``torch.autocast``: an update smaller than half precision's resolution
+    (bf16 keeps 8 bits of mantissa, so ``w + u`` rounds back to ``w`` when
+    ``|u| < |w| / 256``) still moves a float32 weight, where it would be lost
+    in a bf16 one. Weights that are frozen (a LoRA student's base model) are
+    stored in ``compute``: they are never updated, and half the memory is
+    the point. ``pure``: everything stored in ``compute`` and updated there,
+    no autocast (the behaviour before mixed precision; only by name, e.g.
+    ``bf16_pure``). float32 ``compute`` is plain float32, no autocast.
+    """
+
+    compute: torch.dtype = torch.float32
+    pure: bool = False
+
+    @property
+    def autocast(self) -> bool:
+        """Does the forward pass run under ``torch.autocast`` to ``compute``?"""
+        return self.compute != torch.float32 and not self.pure
+
+    @property
+    def scales_loss(self) -> bool:
+        """fp16 mixed precision scales the loss (``GradScaler``): fp16 gradients underflow."""
+        return self.autocast and self.compute == torch.float16
+
+    def storage(self, *, trained: bool) -> torch.dtype:
+        """The dtype of weights that are ``trained`` (float32 when mixed) or frozen."""
+        return torch.float32 if trained and self.autocast else self.compute
+
+    def context(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """``torch.autocast`` to ``compute`` on ``device`` when mixed, else nothing."""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.compute)
+
+
+def resolve_precision(dtype: str | torch.dtype, device: torch.device) -> Precision:
+    """The :class:`Precision` a config's ``dtype`` names.
+
+    ``"auto"``: bf16 mixed precision on CUDA (tensor cores, fp32 master
+    weights), plain float32 on the CPU (CPU kernels for bf16 are slow or
+    missing on many machines, and fp32 keeps CPU results reproducible).
+    ``"bf16"``/``"fp16"`` (or their long names, or a ``torch.dtype``): mixed
+    precision; ``"fp32"``: plain float32; ``"bf16_pure"``/``"fp16_pure"``:
+    weights stored and updated in half precision.
     """
     if isinstance(dtype, torch.dtype):
-        return dtype
+        return Precision(dtype)
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
-    return _DTYPES[dtype]
+        return Precision(torch.bfloat16 if device.type == "cuda" else torch.float32)
+    base, pure = (dtype[: -len(PURE)], True) if str(dtype).endswith(PURE) else (dtype, False)
+    compute = _DTYPES.get(base)
+    if compute is None or (pure and compute == torch.float32):
+        names = [*sorted(_DTYPES), "bf16_pure", "fp16_pure"]
+        raise ValueError(f"dtype must be 'auto' or one of {names}, got {dtype!r}")
+    return Precision(compute, pure)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The compute dtype of :func:`resolve_precision` (``"auto"``: bf16 on CUDA, else fp32)."""
+    return resolve_precision(dtype, device).compute
 
 
 def task_generation_defaults(task: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

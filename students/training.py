@@ -12,7 +12,7 @@ What decides the learning dynamics is a pure function of its inputs, so that
 another student (several models trained side by side, say) can reuse it and
 get the same updates: the data order (:func:`data_order`, :func:`batch_orders`),
 the rows (:func:`batch_tensors`), the micro-batch weights
-(:func:`accumulation_chunks`), the optimizer (:func:`make_optimizer`) and the
+(:func:`micro_batches`), the optimizer (:func:`make_optimizer`) and the
 rate (:func:`lr_at` of a :class:`TrainSettings`). :class:`Trainer` runs them
 on one model and keeps what persists between calls: the optimizer, its step
 count and the examples trained on (for the cool-down).
@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from teachgym.students.encoding import Encoded, labelled
+from teachgym.students.options import Precision
 
 Packing = bool | Literal["auto"]
 #: Gradients are clipped to this global norm before every optimizer step.
@@ -47,6 +48,14 @@ class TrainSettings:
     ``"auto"`` lets the :class:`Trainer` check once, on the first batch, that
     the model honours a block-diagonal 4D attention mask (packed and padded
     losses agree) and fall back to padding with a warning if it does not.
+    ``max_batch_tokens``: the most tokens one forward pass may hold (rows
+    times width, see :func:`batch_cost`); a batch that needs more runs as
+    several micro-batches with the same update (see :func:`micro_batches`), so
+    long examples fit in memory without changing ``batch_size``, which stays
+    the optimizer's batch and the knob of the learning dynamics. ``None``: no
+    limit. ``compile``: run the training forward pass through
+    ``torch.compile`` (fewer, larger kernels; the first batches pay for the
+    compilation).
     """
 
     lr: float
@@ -58,6 +67,8 @@ class TrainSettings:
     pack_width: int
     grad_accum_steps: int
     packing: Packing
+    max_batch_tokens: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warmup_steps", max(1, self.warmup_steps))
@@ -115,13 +126,63 @@ def accumulation_chunks(
 
     A micro-batch's mean loss is weighted by its share of the batch's labelled
     tokens, so the summed gradient is the full batch's gradient. Micro-batches
-    without a labelled token are left out.
+    without a labelled token are left out. (:func:`micro_batches` without a
+    token budget.)
+    """
+    return micro_batches(batch, steps)
+
+
+def batch_cost(batch: Sequence[Encoded], packed: bool, pack_width: int) -> int:
+    """Tokens one forward pass over ``batch`` holds: its rows times their width.
+
+    Padded: one row per example, as wide as the longest. Packed: the rows
+    :func:`batch_tensors` lays the examples into (next-fit in batch order),
+    as wide as the fullest row.
+    """
+    if not packed:
+        return len(batch) * max(len(ids) for ids, _ in batch)
+    groups = _pack_groups(batch, pack_width)
+    return len(groups) * max(sum(len(ids) for ids, _ in g) for g in groups)
+
+
+def micro_batches(
+    batch: Sequence[Encoded],
+    steps: int,
+    max_tokens: int | None = None,
+    *,
+    packed: bool = False,
+    pack_width: int = 64,
+) -> list[tuple[Sequence[Encoded], float]]:
+    """``batch`` cut into micro-batches, each with its loss weight.
+
+    First into at most ``steps`` chunks of equal size (``grad_accum_steps``,
+    see :func:`accumulation_chunks`), then each chunk, in order, into runs
+    whose :func:`batch_cost` is at most ``max_tokens`` (an example that alone
+    costs more runs on its own: examples are never cut). The weights are the
+    micro-batches' shares of the batch's labelled tokens, so the summed
+    gradient is the full batch's, whatever the cut.
     """
     size = math.ceil(len(batch) / steps)
     chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+    if max_tokens is not None:
+        chunks = [run for c in chunks for run in _token_runs(c, max_tokens, packed, pack_width)]
     total = sum(labelled(item) for item in batch)
     weighted = [(c, sum(labelled(item) for item in c) / max(1, total)) for c in chunks]
     return [(c, share) for c, share in weighted if share != 0]
+
+
+def _token_runs(
+    chunk: Sequence[Encoded], max_tokens: int, packed: bool, pack_width: int
+) -> list[Sequence[Encoded]]:
+    """Consecutive runs of ``chunk``, each as long as fits in ``max_tokens``."""
+    runs: list[Sequence[Encoded]] = []
+    start = 0
+    for end in range(1, len(chunk) + 1):
+        if end - start > 1 and batch_cost(chunk[start:end], packed, pack_width) > max_tokens:
+            runs.append(chunk[start : end - 1])
+            start = end - 1
+    runs.append(chunk[start:])
+    return runs
 
 
 def batch_tensors(
@@ -228,6 +289,9 @@ class Trainer:
         settings: the hyper-parameters.
         device: where the model lives (batches are moved there).
         pad_token_id: the id that fills padding.
+        precision: the forward and backward passes run in its context
+            (autocast when mixed); fp16 mixed precision scales the loss with
+            a ``GradScaler`` (``scaler``), whose state a checkpoint keeps.
 
     State: ``packing`` (``settings.packing`` until ``"auto"`` is resolved),
     ``opt`` (AdamW, kept across calls of a continual ``fit``), ``opt_steps``
@@ -243,11 +307,16 @@ class Trainer:
         *,
         device: torch.device,
         pad_token_id: int,
+        precision: Precision | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
         self.device = device
         self.pad_token_id = pad_token_id
+        self.precision = precision or Precision()
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision.scales_loss else None
+        # The compiled module shares the model's parameters; only training runs through it.
+        self.forward: Any = torch.compile(model, dynamic=True) if settings.compile else model
         self.packing: Packing = settings.packing
         self.opt: torch.optim.Optimizer | None = None
         self.params: list[torch.nn.Parameter] = []
@@ -287,9 +356,18 @@ class Trainer:
         """:func:`lr_at` for these settings."""
         return lr_at(self.settings, step, progress)
 
-    def batch_tensors(self, batch: Sequence[Encoded], packed: bool) -> dict[str, torch.Tensor]:
-        """:func:`batch_tensors` for this model (its pad id, pack width and dtype)."""
-        dtype = next(self.model.parameters()).dtype
+    def batch_tensors(
+        self, batch: Sequence[Encoded], packed: bool, *, autocast: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """:func:`batch_tensors` for this model (its pad id, pack width and dtype).
+
+        A packed row's mask is in the dtype the attention computes in: the
+        compute dtype under autocast, else the model's.
+        """
+        if autocast and self.precision.autocast:
+            dtype = self.precision.compute
+        else:
+            dtype = next(self.model.parameters()).dtype
         return batch_tensors(
             batch,
             packed,
@@ -299,23 +377,36 @@ class Trainer:
         )
 
     def loss(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model's mean loss over the labelled tokens of ``tensors``."""
-        return self.model(**{k: v.to(self.device) for k, v in tensors.items()}).loss
+        """The model's mean loss over the labelled tokens of ``tensors`` (in the training
+        precision, through the compiled forward pass when ``compile`` is on)."""
+        with self.precision.context(self.device):
+            return self.forward(**{k: v.to(self.device) for k, v in tensors.items()}).loss
 
     @torch.no_grad()
     def packing_works(self, sample: Sequence[Encoded]) -> bool:
-        """Does this model honour a 4D mask? Packed and padded losses must agree."""
+        """Does this model honour a 4D mask? Packed and padded losses must agree.
+
+        Checked on the model as stored, without autocast (float32 master weights
+        give the float32 tolerance); half-precision weights get a tolerance
+        of their own resolution, still far below what attending across
+        examples changes.
+        """
         was_training = self.model.training
         self.model.eval()
+
+        def loss(packed: bool) -> float:
+            tensors = self.batch_tensors(sample, packed=packed, autocast=False)
+            return float(self.model(**{k: v.to(self.device) for k, v in tensors.items()}).loss)
+
         try:
-            padded = float(self.loss(self.batch_tensors(sample, packed=False)))
-            packed = float(self.loss(self.batch_tensors(sample, packed=True)))
+            padded, packed = loss(False), loss(True)
         except Exception as err:  # a model that rejects 4D masks outright
             warnings.warn(f"packing disabled: the model rejected a 4D mask ({err})", stacklevel=3)
             return False
         finally:
             self.model.train(was_training)
-        ok = math.isclose(padded, packed, rel_tol=1e-3, abs_tol=1e-5)
+        half = next(self.model.parameters()).dtype != torch.float32
+        ok = math.isclose(padded, packed, rel_tol=2e-2 if half else 1e-3, abs_tol=1e-5)
         if not ok:
             warnings.warn(
                 f"packing disabled: the model ignores 4D attention masks "
@@ -327,21 +418,37 @@ class Trainer:
     def backward(self, batch: Sequence[Encoded]) -> float:
         """Gradients of one optimizer batch's loss; returns the loss.
 
-        With ``grad_accum_steps`` > 1 the batch runs as micro-batches (see
-        :func:`accumulation_chunks`): the same update, less memory.
+        With ``grad_accum_steps`` > 1, or a batch over ``max_batch_tokens``, the
+        batch runs as micro-batches (see :func:`micro_batches`): the same
+        update, less memory. With a ``GradScaler`` the gradients are scaled
+        (:meth:`_step` unscales them before clipping).
         """
+        settings = self.settings
         packed = bool(self.packing)
-        k = min(self.settings.grad_accum_steps, len(batch))
-        if k == 1:
+        k = min(settings.grad_accum_steps, len(batch))
+        if k == 1 and settings.max_batch_tokens is None:
+            chunks: list[tuple[Sequence[Encoded], float]] = [(batch, 1.0)]
+        else:
+            chunks = micro_batches(
+                batch,
+                k,
+                settings.max_batch_tokens,
+                packed=packed,
+                pack_width=settings.pack_width,
+            )
+        if len(chunks) == 1:
             loss = self.loss(self.batch_tensors(batch, packed=packed))
-            loss.backward()
+            self._backward(loss)
             return float(loss.detach())
         value = 0.0
-        for chunk, share in accumulation_chunks(batch, k):
+        for chunk, share in chunks:
             loss = self.loss(self.batch_tensors(chunk, packed=packed)) * share
-            loss.backward()
+            self._backward(loss)
             value += float(loss.detach())
         return value
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def fit(
         self,
@@ -388,10 +495,16 @@ class Trainer:
         """One optimizer step on ``batch``: gradients, clipping, the scheduled rate."""
         opt.zero_grad(set_to_none=True)
         loss = self.backward(batch)
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(self.params, CLIP_NORM)
         rate = self.lr_at(self.opt_steps, progress)
         for group in opt.param_groups:
             group["lr"] = rate
-        opt.step()
+        if self.scaler is not None:
+            self.scaler.step(opt)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            opt.step()
         self.opt_steps += 1
         return loss

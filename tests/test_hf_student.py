@@ -27,9 +27,9 @@ from teachgym.students.hf import (
     HFStudent,
     hf_student_from_pretrained,
     resolve_device,
-    resolve_dtype,
     task_generation_defaults,
 )
+from teachgym.students.options import resolve_dtype
 from teachgym.types import Example, Problem, Provenance
 
 pytest.importorskip("peft")
@@ -41,7 +41,9 @@ TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-FAST = {"batch_size": 8, "lr": 1e-2, "warmup_steps": 1}
+# Pinned to the CPU in float32: these tests compare exact values, which a GPU's
+# default bf16 mixed precision would not reproduce (tests/test_gpu.py covers it).
+FAST = {"batch_size": 8, "lr": 1e-2, "warmup_steps": 1, "device": "cpu", "dtype": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -244,17 +246,25 @@ def test_chat_template_wraps_prompts_and_labels_only_the_answer(pretrained):
         HFStudent(tiny_llama(32), build_char_tokenizer(TASK.alphabet), chat_template=True)
 
 
+# Two micro-batches by count, or as many as a budget of 40 tokens a forward pass makes.
+SPLITS = [{"grad_accum_steps": 2}, {"max_batch_tokens": 40}]
+
+
+@pytest.mark.parametrize("split", SPLITS, ids=["grad_accum_steps", "max_batch_tokens"])
 @pytest.mark.parametrize("lora", [None, LORA])
-def test_gradient_accumulation_equals_one_full_batch(pretrained, lora):
+def test_gradient_accumulation_equals_one_full_batch(pretrained, lora, split):
     full = _student(pretrained, lora=lora, batch_size=8, packing=False)
-    half = _student(pretrained, lora=lora, batch_size=8, packing=False, grad_accum_steps=2)
+    half = _student(pretrained, lora=lora, batch_size=8, packing=False, **split)
     # Answers of different lengths, so the two halves hold different token counts.
     batch = full.codec.encode_examples(_examples(8, seed=3))
     assert sum(len(i) - s for i, s in batch[:4]) != sum(len(i) - s for i, s in batch[4:])
+    calls: list[int] = []
+    half.model.register_forward_hook(lambda _m, args, kwargs, _o: calls.append(1), with_kwargs=True)
     for student in (full, half):
         student.model.train()
         student.model.zero_grad(set_to_none=True)
     loss_full, loss_half = full.trainer.backward(batch), half.trainer.backward(batch)
+    assert len(calls) >= 2  # the batch did run as micro-batches
     assert loss_half == pytest.approx(loss_full, rel=1e-5)
     grads_full = {n: p.grad for n, p in full.model.named_parameters() if p.requires_grad}
     grads_half = {n: p.grad for n, p in half.model.named_parameters() if p.requires_grad}
@@ -262,7 +272,7 @@ def test_gradient_accumulation_equals_one_full_batch(pretrained, lora):
         torch.testing.assert_close(grads_half[name], grad, rtol=1e-4, atol=1e-6)
     # And the weights after a whole train call agree.
     a = _student(pretrained, lora=lora, batch_size=8)
-    b = _student(pretrained, lora=lora, batch_size=8, grad_accum_steps=2)
+    b = _student(pretrained, lora=lora, batch_size=8, **split)
     data = _examples(16, seed=4)
     assert b.train(data)["loss"] == pytest.approx(a.train(data)["loss"], rel=1e-4)
     for (_, pa), (_, pb) in zip(
@@ -324,9 +334,23 @@ def test_dtype_device_and_config_checks(pretrained):
             resolve_device("cuda")
     with pytest.raises(ValueError, match="device must be"):
         resolve_device("tpu")
-    student = _student(pretrained, dtype="bfloat16", device="cpu")
-    assert next(student.model.parameters()).dtype == torch.bfloat16
-    assert next(_student(pretrained).model.parameters()).dtype == torch.float32
+    # bf16 is mixed precision: full fine-tuning keeps float32 master weights, LoRA a bf16
+    # base with float32 adapters; the old pure bf16 only by its name.
+    mixed = _student(pretrained, dtype="bfloat16", device="cpu")
+    assert {p.dtype for p in mixed.model.parameters()} == {torch.float32}
+    assert mixed.precision.autocast
+    pure = _student(pretrained, dtype="bf16_pure", device="cpu")
+    assert {p.dtype for p in pure.model.parameters()} == {torch.bfloat16}
+    lora = _student(pretrained, dtype="bf16", device="cpu", lora=LORA)
+    kinds = {(p.requires_grad, p.dtype) for p in lora.model.parameters()}
+    assert kinds == {(True, torch.float32), (False, torch.bfloat16)}
+    adapter = _params(lora, lora=True)
+    assert lora.train(_examples(16))["steps"] == 2
+    assert not _same(adapter, _params(lora, lora=True))
+    assert {(p.requires_grad, p.dtype) for p in lora.model.parameters()} == kinds
+    plain = _student(pretrained, device="cpu", dtype="auto")
+    assert {p.dtype for p in plain.model.parameters()} == {torch.float32}
+    assert not plain.precision.autocast  # auto on the CPU: plain float32, as before
     with pytest.raises(ValueError, match="not both"):
         _student(pretrained, lora={"r": 4, "alpha": 8, "lora_alpha": 8})
     with pytest.raises(ValueError, match="init_lora_weights"):

@@ -53,6 +53,14 @@ def test_run_directory_has_every_artifact(tmp_path):
         assert key in saved
     assert saved["steps"] == len(steps) - 1 and saved["examples_used"] == 600  # the budget
     assert [t["step"] for t in read_jsonl(out / "timings.jsonl")] == list(range(1, len(steps)))
+    # Throughput per step, step 0's evaluation included, kept out of steps.jsonl.
+    perf = read_jsonl(out / "perf.jsonl")
+    assert [p["step"] for p in perf] == list(range(len(steps)))
+    assert all(p["eval_tokens_per_s"] > 0 for p in perf)
+    assert (
+        all(p["train_tokens_per_s"] > 0 for p in perf[1:]) and "train_tokens_per_s" not in perf[0]
+    )
+    assert not any("tokens_per_s" in json.dumps(row) for row in steps)
     recorded = load_config(out / "config.yaml")
     assert recorded.threads == default_threads()  # the resolved count is part of the record
 

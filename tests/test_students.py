@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,16 @@ from teachgym.students.tokenizer import check_covered
 from teachgym.types import Example, Problem, Provenance
 
 TASK = ArithmeticTask(skills=["add/no_carry", "cmp/3d"], val_per_skill=8, test_per_skill=8)
-SMALL = {"hidden_size": 32, "layers": 1, "heads": 2, "batch_size": 16}
+# Pinned to the CPU in float32: these tests compare exact values, which a GPU's
+# default bf16 mixed precision would not reproduce (tests/test_gpu.py covers it).
+SMALL = {
+    "hidden_size": 32,
+    "layers": 1,
+    "heads": 2,
+    "batch_size": 16,
+    "device": "cpu",
+    "dtype": "fp32",
+}
 
 
 def _examples(n: int, seed: int = 0) -> list[Example]:
@@ -143,7 +154,7 @@ def test_greedy_decoding_matches_transformers_generate():
     tok = student.tokenizer
     enc = tok(
         [p.prompt for p in problems], add_special_tokens=False, padding=True, return_tensors="pt"
-    )
+    ).to(student.device)
     out = student.model.generate(
         **enc,
         max_new_tokens=student.max_new_tokens,
@@ -262,7 +273,9 @@ def test_hf_student_loads_a_local_checkpoint(tmp_path):
 def test_student_trains_and_predicts_on_cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    student = make_tiny_student(TASK.alphabet, seed=0, device="cuda", **SMALL)
+    student = make_tiny_student(
+        TASK.alphabet, seed=0, **SMALL | {"device": "cuda", "dtype": "auto"}
+    )
     assert next(student.model.parameters()).is_cuda
     metrics = student.train(_examples(64))
     assert metrics["steps"] == 4
@@ -278,3 +291,98 @@ def test_a_checkpoint_save_prints_nothing(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert hf_logging.is_progress_bar_enabled()  # the global setting is left as it was
+
+
+def test_mixed_precision_keeps_updates_that_pure_bf16_loses():
+    # Updates of 1e-6 (Adam's step is about the rate) are far below bf16's resolution at
+    # the weights' scale (|w| / 256), so weights stored in bf16 round them away; float32
+    # master weights under bf16 autocast keep every one.
+    tiny_steps = {"lr": 1e-6, "warmup_steps": 1, "lr_schedule": "constant", "cooldown": 0.0}
+    tiny_steps["packing"] = True  # no packing check: every forward pass below is training
+    data = _examples(32)
+    moved = {}
+    for dtype in ("bf16_pure", "bf16"):
+        student = make_tiny_student(TASK.alphabet, seed=0, **SMALL | tiny_steps | {"dtype": dtype})
+        before = {n: p.detach().float().clone() for n, p in student.model.named_parameters()}
+        outputs: list[torch.dtype] = []
+        layer = student.model.model.layers[0].self_attn.q_proj
+        hook = layer.register_forward_hook(lambda _m, _i, out, seen=outputs: seen.append(out.dtype))
+        student.train(data)
+        hook.remove()
+        assert set(outputs) == {torch.bfloat16}  # both compute in bf16
+        changed = total = 0
+        for name, param in student.model.named_parameters():
+            changed += int((param.detach().float() != before[name]).sum())
+            total += param.numel()
+        moved[dtype] = changed / total
+        stored = {p.dtype for p in student.model.parameters()}
+        assert stored == ({torch.bfloat16} if dtype == "bf16_pure" else {torch.float32})
+    assert moved["bf16_pure"] < 0.1  # only weights near zero, where bf16 is fine, moved
+    assert moved["bf16"] > 0.99
+
+
+def test_precision_names():
+    from teachgym.students.options import Precision, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu) == Precision(torch.float32)
+    assert resolve_precision("auto", cuda) == Precision(torch.bfloat16)
+    assert resolve_precision("auto", cuda).autocast
+    assert not resolve_precision("fp32", cuda).autocast
+    pure = resolve_precision("bf16_pure", cuda)
+    assert pure.pure and not pure.autocast and pure.storage(trained=True) == torch.bfloat16
+    mixed = resolve_precision("bfloat16", cpu)
+    assert mixed.storage(trained=True) == torch.float32
+    assert mixed.storage(trained=False) == torch.bfloat16
+    assert resolve_precision("fp16", cpu).scales_loss and not mixed.scales_loss
+    for bad in ("fp32_pure", "int8", "bf16-pure"):
+        with pytest.raises(ValueError, match="dtype must be"):
+            resolve_precision(bad, cpu)
+
+
+def test_fp16_mixed_precision_scales_the_loss_and_resumes_the_scale(tmp_path):
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL | {"dtype": "fp16"})
+    assert student.trainer.scaler is not None
+    before = _weights(student)
+    student.train(_examples(32))
+    assert all(p.dtype == torch.float32 for p in student.model.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(before, _weights(student), strict=True))
+    scale = student.trainer.scaler.get_scale()
+    student.save(tmp_path / "ckpt")
+    again = make_tiny_student(TASK.alphabet, seed=0, **SMALL | {"dtype": "fp16"})
+    again.load(tmp_path / "ckpt")
+    assert again.trainer.scaler.get_scale() == scale
+
+
+def test_take_perf_reports_tokens_per_second_once():
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
+    assert student.take_perf() == {}
+    student.train(_examples(32))
+    student.predict(TASK.problems("val"))
+    perf = student.take_perf()
+    assert set(perf) == {"train_tokens_per_s", "eval_tokens_per_s"}  # no GPU: no memory
+    assert perf["train_tokens_per_s"] > 0 and perf["eval_tokens_per_s"] > 0
+    _, ids = student.codec.encode_prompts([p.prompt for p in TASK.problems("val")], Counter())
+    prompts = sum(len(row) for row in ids)
+    assert student.decoder.last_tokens > prompts  # the prompts plus what was generated
+    assert student.take_perf() == {}  # taken: nothing since
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_micro_batches_keep_to_the_token_budget_and_weigh_by_labelled_tokens(packed):
+    from teachgym.students.encoding import labelled
+    from teachgym.students.training import batch_cost, micro_batches
+
+    student = make_tiny_student(TASK.alphabet, seed=0, **SMALL)
+    batch = student.codec.encode_examples(_examples(16))
+    budget = 3 * max(len(ids) for ids, _ in batch)
+    chunks = micro_batches(batch, 2, budget, packed=packed, pack_width=24)
+    assert len(chunks) > 2  # the budget cut the two accumulation chunks further
+    assert [item for chunk, _ in chunks for item in chunk] == list(batch)  # order kept
+    for chunk, share in chunks:
+        assert batch_cost(chunk, packed, 24) <= budget
+        assert share == sum(labelled(i) for i in chunk) / sum(labelled(i) for i in batch)
+    assert sum(share for _, share in chunks) == pytest.approx(1.0)
+    # An example over the budget runs alone rather than being cut.
+    alone = micro_batches(batch[:3], 1, 1, packed=packed, pack_width=24)
+    assert [len(chunk) for chunk, _ in alone] == [1, 1, 1]
