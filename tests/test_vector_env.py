@@ -173,3 +173,18 @@ def test_stable_baselines3_drives_the_population():
     model = PPO("MultiInputPolicy", venv, n_steps=4, batch_size=8, n_epochs=1, seed=0)
     model.learn(total_timesteps=8)
     assert model.num_timesteps == 8
+
+
+def test_population_benchmark_runs_small(capsys):
+    """benchmarks/population.py --small: both ways finish the same episodes and agree."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "population.py"
+    spec = importlib.util.spec_from_file_location("population_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ratio = bench.main(["--small", "--n", "2", "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert ratio > 0 and "ratio:" in out and "(agree 1.00)" in out
