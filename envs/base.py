@@ -36,7 +36,7 @@ from teachgym.students.base import Closable, HasHorizon, ReportsPerf, ScoresOwnS
 from teachgym.text_formats import bad_text_chars as bad_text_chars
 from teachgym.text_formats import clean_text as clean_text
 from teachgym.text_formats import is_text_char
-from teachgym.types import Allocation, EvalReport, Example, Prediction
+from teachgym.types import Allocation, EvalReport, Example, Prediction, Problem
 
 #: Printable ASCII with whitespace. No longer the charset of any space (see
 #: :class:`UnicodeText`); kept for code that wants an ASCII-only check.
@@ -231,6 +231,17 @@ class TeacherEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Student back to base weights, data cleared, baseline evaluation."""
+        self.begin_reset(seed=seed)
+        t0 = time.perf_counter()
+        report, predictions = self.evaluate("val")
+        return self.end_reset(report, predictions, time.perf_counter() - t0)
+
+    def begin_reset(self, *, seed: int | None = None) -> None:
+        """:meth:`reset` up to the baseline evaluation: seeds, student reset, state cleared.
+
+        With :meth:`end_reset`, the two halves of a reset, so that a vector env
+        can evaluate many sub-envs' students in one batch in between.
+        """
         if seed is None and self._np_random is None:
             seed = self.config.seed
         super().reset(seed=seed)
@@ -245,10 +256,14 @@ class TeacherEnv(gym.Env):
         self._started = True
         self.last_examples = []
         self._on_reset()
-        t0 = time.perf_counter()
-        self._report, self.last_predictions = self.evaluate("val")
+
+    def end_reset(
+        self, report: EvalReport, predictions: list[Prediction], seconds: float
+    ) -> tuple[Any, dict[str, Any]]:
+        """The rest of :meth:`reset`, given the baseline evaluation (``seconds`` it took)."""
+        self._report, self.last_predictions = report, predictions
         self._history = [self._report.accuracy]
-        info = self._info(timings=Timings({"evaluate": time.perf_counter() - t0}), **self._perf())
+        info = self._info(timings=Timings({"evaluate": seconds}), **self._perf())
         return self.observe(), info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
@@ -268,6 +283,21 @@ class TeacherEnv(gym.Env):
         generator) reports its counters for the step, LLM requests, cache hits,
         failures and tokens, in ``info["llm"]["generator"]``.
         """
+        pending = self.begin_step(action)
+        accepted = pending.data.accepted
+        with _timed(pending.timings, "train"):
+            train_metrics = self.student.train(accepted) if accepted else {}
+        with _timed(pending.timings, "evaluate"):
+            report, predictions = self.evaluate("val")
+        return self.end_step(pending, train_metrics, report, predictions)
+
+    def begin_step(self, action: Any) -> PendingStep:
+        """:meth:`step` up to training: the action read and the step's data generated
+        and filtered. Changes no env state (a bad action raises ``ValueError``).
+
+        With :meth:`end_step`, the two halves of a step, so that a vector env can
+        train and evaluate many sub-envs' students in one batch in between.
+        """
         if not self._started:
             raise RuntimeError("call reset() before step()")
         if self._done:
@@ -279,14 +309,30 @@ class TeacherEnv(gym.Env):
         timings: dict[str, float] = {}
         with _timed(timings, "generate"):
             made = self._generate(plan, self._plan_skills(plan), cap)
-        examples, accepted = made.examples, made.accepted
         # An LLM generator's client counters (requests, cache hits, failures, tokens) for
         # this step; any generator with ``take_stats`` reports, through a Ray proxy too.
         llm_stats = {"generator": self._take_stats()} if self._take_stats is not None else None
-        with _timed(timings, "train"):
-            train_metrics = self.student.train(accepted) if accepted else {}
-        with _timed(timings, "evaluate"):
-            report, predictions = self.evaluate("val")
+        return PendingStep(plan=plan, data=made, timings=timings, llm_stats=llm_stats)
+
+    def ends_episode(self, pending: PendingStep) -> bool:
+        """Whether the step begun as ``pending`` will end the episode (terminated or
+        truncated): known before training, so the test split can be evaluated in a batch."""
+        budget_left = self.budget_left - len(pending.data.accepted)
+        return budget_left <= 0 or self._step_count + 1 >= self.config.max_steps
+
+    def end_step(
+        self,
+        pending: PendingStep,
+        train_metrics: Mapping[str, float],
+        report: EvalReport,
+        predictions: list[Prediction],
+        test_report: EvalReport | None = None,
+    ) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """The rest of :meth:`step`, given the student's training metrics and its
+        validation evaluation; at the episode's end the test split is evaluated here
+        unless ``test_report`` is given."""
+        plan, made, timings = pending.plan, pending.data, pending.timings
+        examples, accepted = made.examples, made.accepted
         reward = self._commit(plan, accepted, report, predictions)
         terminated = self.budget_left <= 0
         truncated = not terminated and self._step_count >= self.config.max_steps
@@ -301,11 +347,12 @@ class TeacherEnv(gym.Env):
         )
         if isinstance(plan, Allocation):
             info["requested"] = dict(plan.counts)
-        if llm_stats is not None:
-            info["llm"] = llm_stats
+        if pending.llm_stats is not None:
+            info["llm"] = pending.llm_stats
         if terminated or truncated:
             self._done = True
-            test_report, _ = self.evaluate("test")
+            if test_report is None:
+                test_report, _ = self.evaluate("test")
             info["test_accuracy"] = test_report.accuracy
             info["test_report"] = _report_dict(test_report)
         return self.observe(), float(reward), terminated, truncated, info
@@ -384,7 +431,7 @@ class TeacherEnv(gym.Env):
         does; with ``backend: ray`` the evaluation workers score their own
         shards. The report comes from the pure :func:`build_report`.
         """
-        problems = self._val if split == "val" else self._test
+        problems = self.split_problems(split)
         if self._predict_scored is not None:
             # Ray workers decode and score their shards (see StudentProxy.predict_scored).
             outputs, scores = self._predict_scored(problems)
@@ -395,6 +442,18 @@ class TeacherEnv(gym.Env):
             raise RuntimeError(
                 f"student returned {len(outputs)} outputs for {len(problems)} problems"
             )
+        return self.report_of(split, outputs, scores)
+
+    def split_problems(self, split: Split) -> list[Problem]:
+        """The problems of the val or test split (the lists the env evaluates on)."""
+        return self._val if split == "val" else self._test
+
+    def report_of(
+        self, split: Split, outputs: Sequence[str], scores: Sequence[bool] | None = None
+    ) -> tuple[EvalReport, list[Prediction]]:
+        """The report of a split from the student's ``outputs`` (scored here unless
+        ``scores`` are given): the second half of :meth:`evaluate`."""
+        problems = self.split_problems(split)
         if scores is None:
             scores = score_outputs(self.caps, problems, outputs)
         return build_report(split, problems, outputs, scores, self.config.max_errors)
@@ -555,6 +614,17 @@ class Perf(Timings):
 
     def __repr__(self) -> str:
         return f"Perf({dict(self)!r})"
+
+
+@dataclass
+class PendingStep:
+    """A step between :meth:`TeacherEnv.begin_step` and :meth:`TeacherEnv.end_step`:
+    the clamped plan, its data, the phase timings so far, the generator's LLM counters."""
+
+    plan: Plan
+    data: StepData
+    timings: dict[str, float]
+    llm_stats: dict[str, Any] | None = None
 
 
 class StepData:

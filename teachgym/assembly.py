@@ -56,6 +56,7 @@ __all__ = [
     "build_teacher",
     "check_config",
     "make_env",
+    "make_vector_env",
     "prepare_process",
 ]
 
@@ -253,6 +254,56 @@ def make_open_ended(**kwargs: Any) -> TeacherEnv:
 def make_skill_tree(**kwargs: Any) -> TeacherEnv:
     """``gymnasium.make("teachgym/SkillTree-v0", ...)``."""
     return make_env(ENV_KINDS["skill_tree"], **kwargs)
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    config: ExperimentConfig | Mapping[str, Any] | None = None,
+    *,
+    autoreset_mode: Any = "NextStep",
+    **overrides: Any,
+) -> Any:
+    """The vector env of ``env_id`` over one population of ``num_envs`` students
+    (the ``gymnasium.make_vec`` vector entry point).
+
+    One task for every sub-env; one population whose member ``i`` is the
+    config's tiny student with seed ``config.seed + i``; one generator per
+    sub-env. Only ``student: tiny`` (the students a population stacks), the
+    SkillList env and ``backend: local`` are supported; anything else is one
+    :class:`~teachgym.errors.ConfigError`.
+    """
+    from teachgym.envs.vector import SkillListVectorEnv
+    from teachgym.students.population import OPTIONS, tiny_population_for_task
+
+    if env_id != ENV_KINDS["skill_list"]:
+        raise ConfigError(f"only {ENV_KINDS['skill_list']!r} has a vector env, not {env_id!r}")
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+        raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    cfg = build_config(config, {**overrides, "env": env_id})
+    if cfg.student != "tiny" or cfg.backend != "local":
+        raise ConfigError(
+            f"the vector env trains a population of tiny students in this process: it needs "
+            f"student: tiny and backend: local (got student: {cfg.student}, backend: {cfg.backend})"
+        )
+    unknown = sorted(set(cfg.student_kwargs) - OPTIONS)
+    if unknown:
+        raise ConfigError(f"student_kwargs the population does not support: {unknown}")
+    registry.check_config(cfg)
+    if cfg.threads is not None:
+        set_torch_threads(cfg.threads)
+    clients = Clients()
+    task = build_task(cfg, clients)
+    _require(cfg, "student", TaskCapabilities.of(task))
+    seeds = [cfg.seed + i for i in range(num_envs)]
+    population = tiny_population_for_task(task, seeds, **_kwargs(cfg, "student"))
+    generators = [build_generator(cfg, task, clients) for _ in range(num_envs)]
+    return SkillListVectorEnv(cfg, task, population, generators, autoreset_mode=autoreset_mode)
+
+
+def make_skill_list_vector(num_envs: int = 1, **kwargs: Any) -> Any:
+    """``gymnasium.make_vec("teachgym/SkillList-v0", num_envs=N, ...)``."""
+    return make_vector_env(ENV_KINDS["skill_list"], num_envs, **kwargs)
 
 
 def build_teacher(config: ExperimentConfig, env: Any) -> Any:

@@ -132,3 +132,11 @@ def test_every_packaged_config_loads_and_names_known_components(path):
     for kind in ("task", "student", "generator", "teacher"):
         assert callable(registry.resolve(kind, getattr(config, kind)))
     assert f"experiments/configs/{path.name}" in README.read_text()
+
+
+def test_readme_population_snippet_runs(capsys):
+    """The README's vector-env snippet, run as shown: its printed shapes and counts."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (code,) = [b for b in blocks if b.startswith("# population_vec.py")]
+    exec(compile(code, "population_vec.py", "exec"), {})
+    assert capsys.readouterr().out.split("\n")[:2] == ["(4, 7)", "[20 20 20 20]"]
