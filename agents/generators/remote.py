@@ -16,7 +16,12 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from teachgym.agents.generators.base import GenerationContext, Plan
+from teachgym.agents.generators.base import (
+    GenerationContext,
+    Plan,
+    ReportsShortfall,
+    ReportsStats,
+)
 from teachgym.types import Example
 
 __all__ = ["GeneratorProxy", "GeneratorWorker"]
@@ -45,14 +50,17 @@ class GeneratorWorker:
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
             "name": getattr(self.generator, "name", type(self.generator).__name__),
-            "has_take_stats": callable(getattr(self.generator, "take_stats", None)),
-            "shortfall_reasons": sorted(getattr(self.generator, "shortfall_reasons", ())),
+            "has_take_stats": isinstance(self.generator, ReportsStats),
+            "shortfall_reasons": sorted(
+                self.generator.shortfall_reasons
+                if isinstance(self.generator, ReportsShortfall)
+                else ()
+            ),
         }
 
     def take_stats(self) -> dict[str, Any] | None:
         """The generator's per-step counters (an LLM generator's client stats), if it keeps any."""
-        take = getattr(self.generator, "take_stats", None)
-        return take() if callable(take) else None
+        return self.generator.take_stats() if isinstance(self.generator, ReportsStats) else None
 
     def generate(
         self, plan: Plan, context: GenerationContext
