@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
@@ -61,10 +62,6 @@ class SB3VecEnv(VecEnv):
     def make(cls, num_envs: int, **kwargs: Any) -> SB3VecEnv:
         """``gymnasium.make_vec("teachgym/SkillList-v0", ...)`` with ``SAME_STEP``
         autoreset, adapted (``kwargs``: the experiment config's keys)."""
-        import gymnasium as gym
-
-        import teachgym  # noqa: F401 (registers the env ids)
-
         venv = gym.make_vec(
             "teachgym/SkillList-v0",
             num_envs=num_envs,

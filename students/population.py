@@ -51,7 +51,7 @@ from transformers import LlamaForCausalLM
 from teachgym.envs.tasks.base import TaskCapabilities
 from teachgym.students.decoding import GreedyDecoder, stop_token_ids
 from teachgym.students.encoding import Encoded, TextCodec
-from teachgym.students.options import Mode, resolve_device
+from teachgym.students.options import Mode, resolve_device, task_generation_defaults
 from teachgym.students.tiny import tiny_llama
 from teachgym.students.tokenizer import build_char_tokenizer
 from teachgym.students.training import (
@@ -741,7 +741,5 @@ def make_tiny_population(
 def tiny_population_for_task(task: Any, seeds: Sequence[int], **kwargs: Any) -> PopulationStudent:
     """The population of ``student: tiny`` for ``task``: the tiny student's vocabulary and
     decoding limits (:func:`~teachgym.students.tiny.tiny_student_for_task`), one member per seed."""
-    from teachgym.students.options import task_generation_defaults
-
     alphabet = TaskCapabilities.of(task).require("alphabet", "the tiny population")
     return make_tiny_population(alphabet, seeds, **task_generation_defaults(task, kwargs))

@@ -43,8 +43,10 @@ from teachgym.distributed import connect, place, require_ray, role_bundles, runt
 from teachgym.envs.base import Parts, TeacherEnv
 from teachgym.envs.registration import ENV_CLASSES
 from teachgym.envs.tasks.base import Task, TaskCapabilities
+from teachgym.envs.vector import SkillListVectorEnv
 from teachgym.errors import ConfigError
 from teachgym.runtime import seed_everything, set_torch_threads
+from teachgym.students.population import OPTIONS, tiny_population_for_task
 from teachgym.students.remote import StudentProxy, StudentWorker
 
 __all__ = [
@@ -273,9 +275,6 @@ def make_vector_env(
     SkillList env and ``backend: local`` are supported; anything else is one
     :class:`~teachgym.errors.ConfigError`.
     """
-    from teachgym.envs.vector import SkillListVectorEnv
-    from teachgym.students.population import OPTIONS, tiny_population_for_task
-
     if env_id != ENV_KINDS["skill_list"]:
         raise ConfigError(f"only {ENV_KINDS['skill_list']!r} has a vector env, not {env_id!r}")
     if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
