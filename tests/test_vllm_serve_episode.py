@@ -43,6 +43,7 @@ import pytest
 from teachgym.agents.llm.serve import vllm_server
 from teachgym.config import default_config_path, load_config
 from teachgym.envs.tasks.arithmetic import ArithmeticTask
+from teachgym.errors import RunFailed
 from teachgym.experiments.runner import EpisodeRunner, find_checkpoint, read_jsonl
 
 _MISSING = [
@@ -235,7 +236,7 @@ def test_a_real_vllm_server_drives_an_llm_teacher_and_generator_episode(
         print(f"\nvllm serve ready in {server.ready_s:.1f} s")
         config = _config(server.base_url, cache)
         start = time.monotonic()
-        summary = EpisodeRunner(config, tmp_path / "run").run()
+        summary = _run(config, tmp_path / "run")
         first_s = time.monotonic() - start
         assert summary is not None and summary["steps"] == STEPS
         rows = read_jsonl(tmp_path / "run" / "steps.jsonl")[1:]
@@ -257,7 +258,7 @@ def test_a_real_vllm_server_drives_an_llm_teacher_and_generator_episode(
         # rerun sends exactly the first run's failed requests: none when all succeeded.
         served = _success_count(server.base_url)
         start = time.monotonic()
-        EpisodeRunner(config, tmp_path / "rerun").run()
+        _run(config, tmp_path / "rerun")
         rerun_s = time.monotonic() - start
         sent = _success_count(server.base_url) - served
         reruns = read_jsonl(tmp_path / "rerun" / "steps.jsonl")[1:]
@@ -275,6 +276,16 @@ def test_a_real_vllm_server_drives_an_llm_teacher_and_generator_episode(
                     assert again["cached"] == again["requests"]
         # Same replies, same episode: the rerun's rows are the first run's, LLM counts aside.
         assert [_outcome(r) for r in reruns] == [_outcome(r) for r in rows]
+
+
+def _run(config: Any, out: Path) -> dict[str, Any] | None:
+    """The episode's summary. SmolLM2-135M may make no example that passes the
+    generator's checks; the runner then fails the run (``RunFailed``, exit 1 on the
+    CLI) after writing its summary and every step's row, which is what is checked here."""
+    try:
+        return EpisodeRunner(config, out).run()
+    except RunFailed:
+        return json.loads((out / "summary.json").read_text())
 
 
 def _failed(row: dict[str, Any]) -> int:
