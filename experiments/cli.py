@@ -32,7 +32,7 @@ from rich.markup import escape
 from teachgym import __version__, registry
 from teachgym.config import ENV_IDS, load_config, packaged_configs, parse_cli_overrides
 from teachgym.envs.registration import ENV_ENTRY_POINTS
-from teachgym.errors import ConfigError, RunFailed, UserError
+from teachgym.errors import ConfigError, MissingDependency, RunFailed, UserError
 from teachgym.experiments.runner import resume_experiment, run_experiment
 from teachgym.experiments.sweep import SweepSpec, parse_grid, resume_sweep, run_sweep
 from teachgym.options import describe_options, type_name
@@ -141,6 +141,24 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
     )
     run_sweep(spec, out, executor="tune", console=console, max_concurrent=args.max_concurrent)
+    return 0
+
+
+def cmd_train_teacher(args: argparse.Namespace, console: Console) -> int:
+    config_path, overrides = _split_config_and_overrides(args.items)
+    # Loaded by import path, as the registry loads a component: the module needs
+    # Stable-Baselines3 (the rl extra), which the rest of the CLI does not.
+    try:
+        training = registry.load("teachgym.experiments.teacher_training:train_teacher")
+    except ModuleNotFoundError as err:
+        if err.name != "stable_baselines3":
+            raise
+        raise MissingDependency("teachgym train-teacher", err.name) from None
+    load = registry.load("teachgym.experiments.teacher_training:load_training_config")
+    config = load(config_path, parse_cli_overrides(overrides))
+    out = Path(args.out) if args.out else _default_out("teacher", _config_label(config_path))
+    training(config, out, log=lambda line: console.print(escape(line), highlight=False))
+    console.print(f"saved: {escape(str(out))}  (use it as teacher={escape(str(out))})")
     return 0
 
 
@@ -307,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="run at most N trials at once (default: as many as the resources allow)",
             )
         cmd.set_defaults(func=func)
+    _add_train_teacher(sub)
     listing = sub.add_parser("list", help="what a config can name, with one line of doc each")
     listing.add_argument("kind", nargs="?", choices=LIST_KINDS, help="one kind (default: all)")
     listing.set_defaults(func=cmd_list)
@@ -321,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--env", help="the env a teacher acts on (default: the default env)")
     config.set_defaults(func=cmd_config)
     return parser
+
+
+def _add_train_teacher(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "train-teacher",
+        help="train a PPO teacher on the population vector env (the rl extra)",
+        description="Train a learned teacher; use the output as teacher=DIR. CONFIG is a "
+        "teacher-training YAML or a packaged one (default: ppo).",
+    )
+    cmd.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+    cmd.add_argument("--out", help="output directory (default: runs/teacher-<config>-<time>)")
+    cmd.set_defaults(func=cmd_train_teacher)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

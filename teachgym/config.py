@@ -124,6 +124,20 @@ class WandbSettings(BaseModel):
     mode: Literal["online", "offline", "disabled"] | None = None
 
 
+def is_teacher_path(name: Any) -> bool:
+    """Whether a ``teacher`` value is a directory path (a saved learned teacher) rather
+    than a registered name or an import path ``module:Class``.
+
+    >>> is_teacher_path("runs/ppo-teacher"), is_teacher_path("curriculum")
+    (True, False)
+    >>> is_teacher_path("my_teachers:Greedy"), is_teacher_path("./ppo")
+    (False, True)
+    """
+    if not isinstance(name, str) or ":" in name:
+        return False
+    return "/" in name or name.startswith(("~", "."))
+
+
 class ExperimentConfig(BaseModel):
     """Everything that defines one episode.
 
@@ -200,6 +214,25 @@ class ExperimentConfig(BaseModel):
         if name == "llm" and self.llm and "llm" not in kwargs:
             kwargs["llm"] = dict(self.llm)
         return kwargs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _saved_teacher(cls, data: Any) -> Any:
+        """``teacher=<dir>`` (a path, not a name or ``module:Class``) means the saved
+        learned teacher in that directory: ``teacher: ppo`` with ``teacher_kwargs.path``,
+        made absolute so a Ray worker in another working directory finds it."""
+        if not isinstance(data, dict) or not is_teacher_path(data.get("teacher")):
+            return data
+        kwargs = data.get("teacher_kwargs") or {}
+        if not isinstance(kwargs, dict):
+            return data  # the field's own validation reports it
+        path = str(Path(data["teacher"]).expanduser().resolve())
+        if "path" in kwargs and kwargs["path"] != path:
+            raise ValueError(
+                f"teacher={data['teacher']!r} is a saved teacher's directory but "
+                f"teacher_kwargs.path={kwargs['path']!r} names another"
+            )
+        return {**data, "teacher": "ppo", "teacher_kwargs": {**kwargs, "path": path}}
 
     @field_validator("env")
     @classmethod
@@ -368,11 +401,16 @@ PATH_KEYS = (
     ("task_kwargs", "path"),
     ("generator_kwargs", "prompt_file"),
     ("teacher_kwargs", "prompt_file"),
+    ("teacher_kwargs", "path"),
 )
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative input paths of ``data`` made absolute against ``base``."""
+    """Relative input paths of ``data`` made absolute against ``base`` (a saved
+    teacher's directory given as ``teacher`` too)."""
+    teacher = data.get("teacher")
+    if is_teacher_path(teacher) and not Path(teacher).expanduser().is_absolute():
+        data["teacher"] = str((base / Path(teacher).expanduser()).resolve())
     for section, key in PATH_KEYS:
         block = data.get(section)
         if isinstance(block, dict) and isinstance(block.get(key), str):

@@ -66,6 +66,9 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "exp3s": "teachgym.agents.policies.dispatch:exp3s_teacher",
         "alp": "teachgym.agents.policies.dispatch:alp_teacher",
         "ucb": "teachgym.agents.policies.dispatch:ucb_teacher",
+        # A learned PPO teacher saved by `teachgym train-teacher` (the rl extra);
+        # `teacher=<its directory>` means `teacher: ppo` with `teacher_kwargs.path`.
+        "ppo": "teachgym.agents.policies.dispatch:ppo_teacher",
     },
 }
 

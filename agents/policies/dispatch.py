@@ -123,3 +123,4 @@ tscl_sampling_teacher = ByEnv("tscl_sampling", {"skill_list": f"{_P}.bandits:TSC
 exp3s_teacher = ByEnv("exp3s", {"skill_list": f"{_P}.bandits:EXP3STeacher"})
 alp_teacher = ByEnv("alp", {"skill_list": f"{_P}.bandits:ALPTeacher"})
 ucb_teacher = ByEnv("ucb", {"skill_list": f"{_P}.bandits:UCBTeacher"})
+ppo_teacher = ByEnv("ppo", {"skill_list": f"{_P}.ppo:PPOTeacher"})
