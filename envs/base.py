@@ -3,22 +3,22 @@
 The three public environments differ only in how they show the observation and
 read the action; everything else (generation, filtering, training,
 evaluation, reward, budget, termination, state for resume) happens here once.
+The records a step builds (:mod:`teachgym.envs.step_records`) and the text space
+(:mod:`teachgym.envs.text_space`) live in their own modules and are re-exported
+here, so ``from teachgym.envs.base import PendingStep, UnicodeText`` keeps working.
 """
 
 from __future__ import annotations
 
-import contextlib
-import string
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from teachgym.agents.generators.base import (
     GenerationContext,
@@ -31,64 +31,18 @@ from teachgym.config import ExperimentConfig
 from teachgym.envs.evaluation import build_report, score_outputs
 from teachgym.envs.filtering import ExampleFilter
 from teachgym.envs.skills import SkillTree
+from teachgym.envs.step_records import PendingStep as PendingStep
+from teachgym.envs.step_records import Perf as Perf
+from teachgym.envs.step_records import StepData as StepData
+from teachgym.envs.step_records import Timings as Timings
+from teachgym.envs.step_records import report_dict, timed
 from teachgym.envs.tasks.base import Split, Task, TaskCapabilities
+from teachgym.envs.text_space import PRINTABLE as PRINTABLE
+from teachgym.envs.text_space import UnicodeText as UnicodeText
 from teachgym.students.base import Closable, HasHorizon, ReportsPerf, ScoresOwnShards, Student
 from teachgym.text_formats import bad_text_chars as bad_text_chars
 from teachgym.text_formats import clean_text as clean_text
-from teachgym.text_formats import is_text_char
 from teachgym.types import Allocation, EvalReport, Example, Prediction, Problem
-
-#: Printable ASCII with whitespace. No longer the charset of any space (see
-#: :class:`UnicodeText`); kept for code that wants an ASCII-only check.
-PRINTABLE = frozenset(string.printable)
-
-
-class UnicodeText(spaces.Text):
-    """A ``gymnasium.spaces.Text`` whose members are any Unicode text but control characters.
-
-    Gymnasium's Text space checks membership against a finite charset, which
-    cannot hold "any character an LLM may write". Here :meth:`contains` uses
-    :func:`is_text_char` instead (newline and tab allowed, other control
-    characters and lone surrogates refused), with the usual length bounds.
-    :meth:`sample` draws from a finite, documented subset: printable ASCII
-    plus a few common non-ASCII symbols (:data:`SAMPLE_CHARS`), so samples are
-    members and show that non-ASCII text is accepted. The space is not
-    flattenable to a fixed-size array (there is no finite character index).
-    """
-
-    #: What :meth:`sample` draws characters from.
-    SAMPLE_CHARS = (
-        string.printable.replace("\r", "").replace("\x0b", "").replace("\x0c", "")
-        + "×÷−–—éüñ…→≤≥√π°"
-    )
-
-    def __init__(
-        self, max_length: int, *, min_length: int = 1, seed: int | np.random.Generator | None = None
-    ) -> None:
-        super().__init__(max_length, min_length=min_length, charset=self.SAMPLE_CHARS, seed=seed)
-
-    def contains(self, x: Any) -> bool:
-        return (
-            isinstance(x, str)
-            and self.min_length <= len(x) <= self.max_length
-            and all(is_text_char(ch) for ch in x)
-        )
-
-    @property
-    def is_np_flattenable(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return f"UnicodeText({self.min_length}, {self.max_length}, no control chars but \\n \\t)"
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, UnicodeText)
-            and self.min_length == other.min_length
-            and self.max_length == other.max_length
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -285,9 +239,9 @@ class TeacherEnv(gym.Env):
         """
         pending = self.begin_step(action)
         accepted = pending.data.accepted
-        with _timed(pending.timings, "train"):
+        with timed(pending.timings, "train"):
             train_metrics = self.student.train(accepted) if accepted else {}
-        with _timed(pending.timings, "evaluate"):
+        with timed(pending.timings, "evaluate"):
             report, predictions = self.evaluate("val")
         return self.end_step(pending, train_metrics, report, predictions)
 
@@ -307,7 +261,7 @@ class TeacherEnv(gym.Env):
         if isinstance(plan, Allocation):
             plan = plan.clamped(cap)
         timings: dict[str, float] = {}
-        with _timed(timings, "generate"):
+        with timed(timings, "generate"):
             made = self._generate(plan, self._plan_skills(plan), cap)
         # An LLM generator's client counters (requests, cache hits, failures, tokens) for
         # this step; any generator with ``take_stats`` reports, through a Ray proxy too.
@@ -354,7 +308,7 @@ class TeacherEnv(gym.Env):
             if test_report is None:
                 test_report, _ = self.evaluate("test")
             info["test_accuracy"] = test_report.accuracy
-            info["test_report"] = _report_dict(test_report)
+            info["test_report"] = report_dict(test_report)
         return self.observe(), float(reward), terminated, truncated, info
 
     def _commit(
@@ -499,7 +453,7 @@ class TeacherEnv(gym.Env):
         return {
             "step": self._step_count,
             "accuracy": report.accuracy,
-            "report": _report_dict(report),
+            "report": report_dict(report),
             "errors": [e.model_dump() for e in report.errors],
             "budget_left": self.budget_left,
             "examples_used": {s: self._used.get(s, 0) for s in self.skills},
@@ -565,148 +519,3 @@ class TeacherEnv(gym.Env):
     def history(self) -> list[float]:
         """Val accuracy after reset and after every step."""
         return list(self._history)
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    """Adds the wall time of the ``with`` block to ``timings[phase]``."""
-    t0 = time.perf_counter()
-    yield
-    timings[phase] = time.perf_counter() - t0
-
-
-class Timings(Mapping[str, float]):
-    """Seconds spent per phase of a step: a read-only mapping.
-
-    Two ``Timings`` compare equal when they time the same phases, whatever the
-    seconds: wall-clock time is a measurement, not an outcome, and
-    gymnasium's ``check_env`` compares ``info`` dicts across identical steps to
-    verify that outcomes are deterministic.
-    """
-
-    def __init__(self, seconds: Mapping[str, float]) -> None:
-        self._seconds = dict(seconds)
-
-    def __getitem__(self, key: str) -> float:
-        return self._seconds[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._seconds)
-
-    def __len__(self) -> int:
-        return len(self._seconds)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Timings) and set(self) == set(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Timings({self._seconds!r})"
-
-
-class Perf(Timings):
-    """A student's measurements over a step (tokens per second, peak memory).
-
-    Like :class:`Timings`, two compare equal when they measure the same
-    things, whatever the values: they vary run to run.
-    """
-
-    def __repr__(self) -> str:
-        return f"Perf({dict(self)!r})"
-
-
-@dataclass
-class PendingStep:
-    """A step between :meth:`TeacherEnv.begin_step` and :meth:`TeacherEnv.end_step`:
-    the clamped plan, its data, the phase timings so far, the generator's LLM counters."""
-
-    plan: Plan
-    data: StepData
-    timings: dict[str, float]
-    llm_stats: dict[str, Any] | None = None
-
-
-class StepData:
-    """What one step's generation rounds made, and an accounting that adds up.
-
-    Per skill (``by_skill``): ``made`` (every round), ``accepted`` (= paid for),
-    ``rejected`` (made and dropped by the env's filter, by reason), and for a
-    count plan ``requested`` (after clamping) and ``unmade``: what the
-    generator was asked for in the skill's last round and did not make, so
-    ``requested - accepted = unmade + what the filter dropped in that round``.
-
-    ``rejected_totals`` sums the filter's reasons over skills and adds the
-    generator's own. A generator reason that means "could not make this
-    many" (its ``shortfall_reasons``, e.g. ``space_exhausted``) is counted
-    from the last round only: the env asks again for the same missing
-    examples each round, and counting every round would count one missing
-    example once per round. Other generator reasons are events (a reply that
-    did not parse) and are summed.
-    """
-
-    def __init__(self, requested: dict[str, int] | None, shortfall_reasons: frozenset[str]) -> None:
-        self.requested = requested
-        self.shortfall_reasons = shortfall_reasons
-        self.examples: list[Example] = []
-        self.accepted: list[Example] = []
-        self.filtered: dict[str, Counter[str]] = {}
-        self.events: Counter[str] = Counter()
-        self.shortfall: Counter[str] = Counter()
-        self.unmade: dict[str, int] = {}
-
-    def add_round(
-        self,
-        plan: Plan,
-        made: Sequence[Example],
-        accepted: Sequence[Example],
-        filtered: Mapping[str, Counter[str]],
-        generator_rejected: Mapping[str, int],
-    ) -> None:
-        self.examples += made
-        self.accepted += accepted
-        for skill, counts in filtered.items():
-            self.filtered.setdefault(skill, Counter()).update(counts)
-        rejected = Counter(dict(generator_rejected))
-        self.shortfall = Counter({k: n for k, n in rejected.items() if k in self.shortfall_reasons})
-        self.events.update({k: n for k, n in rejected.items() if k not in self.shortfall_reasons})
-        if isinstance(plan, Allocation):
-            made_n = Counter(e.skill for e in made)
-            for skill, asked in plan.counts.items():
-                if asked > 0:
-                    self.unmade[skill] = max(0, asked - made_n[skill])
-
-    def rejected_totals(self) -> dict[str, int]:
-        """Reason -> count over the whole step (filter and generator)."""
-        total: Counter[str] = Counter(self.events)
-        total.update(self.shortfall)
-        for counts in self.filtered.values():
-            total.update(counts)
-        return dict(sorted((k, v) for k, v in total.items() if v))
-
-    def by_skill(self) -> dict[str, dict[str, Any]]:
-        """Per skill: made, accepted, rejected by reason (and requested, unmade)."""
-        made_n = Counter(e.skill for e in self.examples)
-        accepted_n = Counter(e.skill for e in self.accepted)
-        skills = set(made_n) | (
-            {k for k, n in self.requested.items() if n > 0} if self.requested else set()
-        )
-        out: dict[str, dict[str, Any]] = {}
-        for skill in sorted(skills):
-            row: dict[str, Any] = {
-                "made": made_n[skill],
-                "accepted": accepted_n[skill],
-                "rejected": dict(sorted(self.filtered.get(skill, Counter()).items())),
-            }
-            if self.requested is not None:
-                row["requested"] = self.requested.get(skill, 0)
-                row["unmade"] = self.unmade.get(skill, 0)
-            out[skill] = row
-        return out
-
-
-def _report_dict(report: EvalReport) -> dict[str, dict[str, float]]:
-    return {
-        s: {"accuracy": st.accuracy, "correct": st.correct, "total": st.total}
-        for s, st in report.skills.items()
-    }

@@ -276,6 +276,8 @@ def normalize_math_answer(s: str) -> str:
 
 _FUNCS = {"\\sin": "sin", "\\cos": "cos", "\\tan": "tan", "\\ln": "log", "\\log": "log"}
 _SAFE_CHARS = re.compile(r"^[0-9a-zA-Z+\-*/()., ]*$")
+#: Commands that stand for one token of the expression.
+_TOKENS = {"\\cdot": "*", "\\times": "*", "\\div": "/", "\\pi": " pi ", "\\infty": " oo "}
 
 
 def _braced(s: str, i: int) -> tuple[str, int] | None:
@@ -306,51 +308,11 @@ def _latex_to_expr(s: str) -> str | None:
     while i < len(s):
         c = s[i]
         if c == "\\":
-            m = re.match(r"\\[a-zA-Z]+", s[i:])
-            if m is None:
+            command = _command_to_expr(s, i)
+            if command is None:
                 return None
-            cmd = m.group(0)
-            i += len(cmd)
-            if cmd == "\\frac":
-                num = _braced(s, i)
-                den = _braced(s, num[1]) if num else None
-                if num is None or den is None:
-                    return None
-                a, b = _latex_to_expr(num[0]), _latex_to_expr(den[0])
-                if a is None or b is None:
-                    return None
-                out.append(f"(({a})/({b}))")
-                i = den[1]
-            elif cmd == "\\sqrt":
-                index = "2"
-                if i < len(s) and s[i] == "[":
-                    close = s.find("]", i)
-                    if close < 0:
-                        return None
-                    idx = _latex_to_expr(s[i + 1 : close])
-                    if idx is None:
-                        return None
-                    index, i = idx, close + 1
-                arg = _braced(s, i)
-                if arg is None:
-                    return None
-                inner = _latex_to_expr(arg[0])
-                if inner is None:
-                    return None
-                out.append(f"(({inner})**(1/({index})))")
-                i = arg[1]
-            elif cmd in ("\\cdot", "\\times"):
-                out.append("*")
-            elif cmd == "\\div":
-                out.append("/")
-            elif cmd == "\\pi":
-                out.append(" pi ")
-            elif cmd == "\\infty":
-                out.append(" oo ")
-            elif cmd in _FUNCS:
-                out.append(f" {_FUNCS[cmd]}")
-            else:
-                return None
+            piece, i = command
+            out.append(piece)
         elif c == "^":
             out.append("**")
             i += 1
@@ -367,6 +329,59 @@ def _latex_to_expr(s: str) -> str | None:
     if not _SAFE_CHARS.match(expr) or re.search(r"(?<!\d)\.|\.(?!\d)", expr):
         return None
     return expr
+
+
+def _command_to_expr(s: str, i: int) -> tuple[str, int] | None:
+    """The command starting at ``s[i] == "\\"`` (with its arguments) as an expression:
+    (expression, index after it), or ``None`` for a command outside the vocabulary of
+    :func:`_latex_to_expr` or one whose arguments do not convert."""
+    m = re.match(r"\\[a-zA-Z]+", s[i:])
+    if m is None:
+        return None
+    cmd = m.group(0)
+    i += len(cmd)
+    if cmd == "\\frac":
+        return _frac_to_expr(s, i)
+    if cmd == "\\sqrt":
+        return _sqrt_to_expr(s, i)
+    if cmd in _TOKENS:
+        return _TOKENS[cmd], i
+    if cmd in _FUNCS:
+        return f" {_FUNCS[cmd]}", i
+    return None
+
+
+def _frac_to_expr(s: str, i: int) -> tuple[str, int] | None:
+    """``\\frac{a}{b}`` whose arguments start at ``s[i]``: (expression, index after it)."""
+    num = _braced(s, i)
+    den = _braced(s, num[1]) if num else None
+    if num is None or den is None:
+        return None
+    a, b = _latex_to_expr(num[0]), _latex_to_expr(den[0])
+    if a is None or b is None:
+        return None
+    return f"(({a})/({b}))", den[1]
+
+
+def _sqrt_to_expr(s: str, i: int) -> tuple[str, int] | None:
+    """``\\sqrt[n]{x}`` (the index optional, 2 without it) whose arguments start at
+    ``s[i]``: (expression, index after it)."""
+    index = "2"
+    if i < len(s) and s[i] == "[":
+        close = s.find("]", i)
+        if close < 0:
+            return None
+        idx = _latex_to_expr(s[i + 1 : close])
+        if idx is None:
+            return None
+        index, i = idx, close + 1
+    arg = _braced(s, i)
+    if arg is None:
+        return None
+    inner = _latex_to_expr(arg[0])
+    if inner is None:
+        return None
+    return f"(({inner})**(1/({index})))", arg[1]
 
 
 def _too_big(expr: Any) -> bool:

@@ -16,7 +16,7 @@ decontamination filter drops generated examples that hit it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,169 +24,21 @@ import numpy as np
 from pydantic import Field
 
 from teachgym.envs.skills import SkillTree
+from teachgym.envs.tasks.arithmetic_families import FAMILIES as FAMILIES
+from teachgym.envs.tasks.arithmetic_families import Family as Family
+from teachgym.envs.tasks.arithmetic_families import Operands as Operands
+from teachgym.envs.tasks.arithmetic_families import (
+    answer_length,
+    family_of,
+    operand_digits,
+    result_of,
+)
 from teachgym.envs.tasks.base import Split
 from teachgym.options import Options, takes
 from teachgym.types import Problem
 
-Operands = tuple[np.ndarray, np.ndarray]
-#: A problem family draws ``n`` operand pairs at once (vectorized: a step asks
-#: for thousands of problems, and drawing them one Python call at a time was
-#: most of the generator's cost).
-Family = Callable[[np.random.Generator, int], Operands]
-
-
-def _value(digits: list[np.ndarray]) -> np.ndarray:
-    """Digit arrays (most significant first) -> the numbers they spell."""
-    out = np.zeros_like(digits[0])
-    for d in digits:
-        out = out * 10 + d
-    return out
-
-
-def _has_carry(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Does ``x + y`` carry at any digit position?"""
-    carry = np.zeros(x.shape, dtype=bool)
-    while (x | y).any():
-        carry |= x % 10 + y % 10 >= 10
-        x, y = x // 10, y // 10
-    return carry
-
-
-def _has_borrow(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Does ``x - y`` borrow at any digit position?"""
-    borrow = np.zeros(x.shape, dtype=bool)
-    while y.any():
-        borrow |= x % 10 < y % 10
-        x, y = x // 10, y // 10
-    return borrow
-
-
-def _until(rng: np.random.Generator, n: int, draw: Callable[[int], Operands]) -> Operands:
-    """Rejection sampling, vectorized: draw batches until ``n`` pairs were kept."""
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    kept = 0
-    while kept < n:
-        x, y = draw(2 * (n - kept) + 16)
-        xs.append(x)
-        ys.append(y)
-        kept += len(x)
-    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
-
-
-def _add_no_carry(rng: np.random.Generator, n: int, d: int) -> Operands:
-    # Digit by digit: x_i uniform, then y_i uniform among digits that keep x_i + y_i < 10.
-    xs, ys = [], []
-    for i in range(d):
-        lo = 1 if i == 0 else 0
-        x = rng.integers(lo, 10 - lo, size=n)
-        xs.append(x)
-        ys.append(rng.integers(lo, 10 - x))
-    return _value(xs), _value(ys)
-
-
-def _add_carry(rng: np.random.Generator, n: int, d: int) -> Operands:
-    def draw(m: int) -> Operands:
-        x = rng.integers(10 ** (d - 1), 10**d, size=m)
-        y = rng.integers(10 ** (d - 1), 10**d, size=m)
-        keep = _has_carry(x, y)
-        return x[keep], y[keep]
-
-    return _until(rng, n, draw)
-
-
-def _sub_no_borrow(rng: np.random.Generator, n: int, d: int) -> Operands:
-    # x's digits uniform; each digit of y uniform in [0, x_i] (the first in [1, x_0]).
-    xs, ys = [], []
-    for i in range(d):
-        x = rng.integers(1 if i == 0 else 0, 10, size=n)
-        xs.append(x)
-        ys.append(rng.integers(1 if i == 0 else 0, x + 1))
-    return _value(xs), _value(ys)
-
-
-def _sub_borrow(rng: np.random.Generator, n: int, d: int) -> Operands:
-    def draw(m: int) -> Operands:
-        a = rng.integers(10 ** (d - 1), 10**d, size=m)
-        b = rng.integers(10 ** (d - 1), 10**d, size=m)
-        x, y = np.maximum(a, b), np.minimum(a, b)
-        keep = _has_borrow(x, y)
-        return x[keep], y[keep]
-
-    return _until(rng, n, draw)
-
-
-def _mul(rng: np.random.Generator, n: int, d: int) -> Operands:
-    return rng.integers(10 ** (d - 1), 10**d, size=n), rng.integers(2, 10, size=n)
-
-
-def _compare(rng: np.random.Generator, n: int) -> Operands:
-    # y shares the first ``keep`` digits of x (0-3) so the first digit alone rarely
-    # decides; the rest of y's digits are uniform.
-    x = rng.integers(100, 1000, size=n)
-    keep = rng.integers(0, 4, size=n)
-    digits = [x // 100, x // 10 % 10, x % 10]
-    tail = [rng.integers(0, 10, size=n) for _ in range(3)]
-    y = _value([np.where(keep > i, digits[i], tail[i]) for i in range(3)])
-    return x, np.maximum(y, 100)
-
-
-FAMILIES: dict[str, tuple[str, Family]] = {
-    "add/no_carry": ("+", lambda r, n: _add_no_carry(r, n, 2)),
-    "add/carry": ("+", lambda r, n: _add_carry(r, n, 2)),
-    "add/no_carry_3d": ("+", lambda r, n: _add_no_carry(r, n, 3)),
-    "add/carry_3d": ("+", lambda r, n: _add_carry(r, n, 3)),
-    "sub/no_borrow": ("-", lambda r, n: _sub_no_borrow(r, n, 2)),
-    "sub/borrow": ("-", lambda r, n: _sub_borrow(r, n, 2)),
-    "sub/no_borrow_3d": ("-", lambda r, n: _sub_no_borrow(r, n, 3)),
-    "sub/borrow_3d": ("-", lambda r, n: _sub_borrow(r, n, 3)),
-    "add/no_carry_4d": ("+", lambda r, n: _add_no_carry(r, n, 4)),
-    "add/carry_4d": ("+", lambda r, n: _add_carry(r, n, 4)),
-    "sub/no_borrow_4d": ("-", lambda r, n: _sub_no_borrow(r, n, 4)),
-    "sub/borrow_4d": ("-", lambda r, n: _sub_borrow(r, n, 4)),
-    "mul/2x1": ("*", lambda r, n: _mul(r, n, 2)),
-    "mul/3x1": ("*", lambda r, n: _mul(r, n, 3)),
-    "cmp/3d": ("?", _compare),
-}
-
-
-def _result(op: str, x: int, y: int) -> str:
-    if op == "+":
-        return str(x + y)
-    if op == "-":
-        return str(x - y)
-    if op == "*":
-        return str(x * y)
-    return "<" if x < y else ">" if x > y else "="
-
-
 #: A prompt as a family writes it: operand, operator, operand, ``=``.
 _PROMPT = re.compile(r"(\d+)([-+*?])(\d+)=")
-
-
-def _family_of(op: str, x: int, y: int) -> str | None:
-    """The family of :data:`FAMILIES` whose sampler can draw ``x op y``, or ``None``.
-
-    Mirrors the samplers: additions and subtractions have two operands of the
-    same length (2 to 4 digits, no leading zero) and are split by whether a
-    carry or borrow occurs; subtraction never goes below zero; multiplication
-    is a 2- or 3-digit number times 2..9; comparison is two 3-digit numbers.
-    """
-    dx, dy = len(str(x)), len(str(y))
-    if op == "?":
-        return "cmp/3d" if dx == dy == 3 else None
-    if op == "*":
-        return f"mul/{dx}x1" if dx in (2, 3) and 2 <= y <= 9 else None
-    if dx != dy or dx not in (2, 3, 4):
-        return None
-    size = "" if dx == 2 else f"_{dx}d"
-    xs, ys = np.array([x]), np.array([y])
-    if op == "+":
-        return f"add/{'carry' if _has_carry(xs, ys)[0] else 'no_carry'}{size}"
-    if x < y:
-        return None
-    return f"sub/{'borrow' if _has_borrow(xs, ys)[0] else 'no_borrow'}{size}"
-
 
 DEFAULT_SKILLS = (
     "add/no_carry",
@@ -197,22 +49,6 @@ DEFAULT_SKILLS = (
     "sub/borrow_3d",
     "cmp/3d",
 )
-
-
-def _operand_digits(skill: str) -> int:
-    """The longest operand a family writes (each family has fixed operand lengths)."""
-    x, y = FAMILIES[skill][1](np.random.default_rng(0), 1)
-    return max(len(str(int(x[0]))), len(str(int(y[0]))))
-
-
-def _answer_length(skill: str) -> int:
-    """The longest answer a family can have: its largest operands' result."""
-    op, _ = FAMILIES[skill]
-    if op == "?":
-        return 1
-    d = _operand_digits(skill)
-    top = 10**d - 1
-    return len(_result(op, top, 9 if op == "*" else top if op == "+" else 0))
 
 
 #: A mirror twin's prompt starts with this character (see ``ArithmeticTask(mirror=...)``).
@@ -361,7 +197,7 @@ class ArithmeticTask:
         if len(set(skills)) != len(skills):
             raise ValueError(f"skills {list(skills)} repeat a skill")
         self.pad_operands = pad_operands
-        self._width = max(_operand_digits(skill) for skill in skills) if pad_operands else 0
+        self._width = max(operand_digits(skill) for skill in skills) if pad_operands else 0
         #: Every leaf under its own (canonical) name, in the order the splits are drawn.
         self._specs: dict[str, _Skill] = dict(
             [(s, _Skill("family", s)) for s in skills]
@@ -371,13 +207,28 @@ class ArithmeticTask:
         )
         #: The longest answer any chosen skill can have (a student's decoding budget).
         self.max_answer_length = max(
-            1 if spec.kind == "noise" else _answer_length(spec.family)
+            1 if spec.kind == "noise" else answer_length(spec.family)
             for spec in self._specs.values()
         )
         self._pad_to = 0  # hide_difficulty: the length every prompt is padded to
         if hide_difficulty:
             rng0 = np.random.default_rng(0)
             self._pad_to = max(len(self._make(n, 1, rng0)[0][0]) for n in self._specs)
+        splits = self._draw_evaluation(val_per_skill, test_per_skill, split_seed)
+        order = self._name_skills(hide_difficulty, shuffle_seed)
+        self._splits: dict[str, list[Problem]] = {"val": [], "test": []}
+        for split, by_name in splits.items():
+            for name in order:
+                public = self._public[name]
+                self._splits[split] += [
+                    Problem(id=f"{split}/{public}/{i}", skill=public, prompt=p, answer=a)
+                    for i, (p, a) in enumerate(by_name[name])
+                ]
+
+    def _draw_evaluation(
+        self, val_per_skill: int, test_per_skill: int, split_seed: int
+    ) -> dict[str, dict[str, list[tuple[str, str]]]]:
+        """``{split: {canonical name: (prompt, answer) pairs}}`` for val and test."""
         rng = np.random.default_rng(split_seed)
         splits: dict[str, dict[str, list[tuple[str, str]]]] = {"val": {}, "test": {}}
         for name in self._specs:
@@ -391,9 +242,16 @@ class ArithmeticTask:
                         pool.append((prompt, answer))
             splits["val"][name] = pool[:val_per_skill]
             splits["test"][name] = pool[val_per_skill:]
-        # What a teacher sees: the canonical names, or under hide_difficulty anonymous
-        # names in a shuffled order (the splits above are drawn in canonical order, so
-        # the problems are the same whatever the shuffle).
+        return splits
+
+    def _name_skills(self, hide_difficulty: bool, shuffle_seed: int) -> list[str]:
+        """Name the skills as a teacher sees them (the public names, the leaves, the skill
+        tree) and return the canonical names in that order.
+
+        What a teacher sees: the canonical names, or under hide_difficulty anonymous
+        names in a shuffled order (the splits are drawn in canonical order, so the
+        problems are the same whatever the shuffle).
+        """
         order = list(self._specs)
         if hide_difficulty:
             perm = np.random.default_rng(shuffle_seed).permutation(len(order))
@@ -404,14 +262,7 @@ class ArithmeticTask:
         self._canonical = {public: name for name, public in self._public.items()}
         self._leaves = [self._public[name] for name in order]
         self._skills = SkillTree(self._leaves)
-        self._splits: dict[str, list[Problem]] = {"val": [], "test": []}
-        for split, by_name in splits.items():
-            for name in order:
-                public = self._public[name]
-                self._splits[split] += [
-                    Problem(id=f"{split}/{public}/{i}", skill=public, prompt=p, answer=a)
-                    for i, (p, a) in enumerate(by_name[name])
-                ]
+        return order
 
     @staticmethod
     def _stress_skills(
@@ -456,7 +307,7 @@ class ArithmeticTask:
             mark = MIRROR_MARK if spec.kind == "mirror" else ""
             out = []
             for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
-                answer = _result(op, x, y)
+                answer = result_of(op, x, y)
                 prompt = f"{x:0{width}d}{op}{y:0{width}d}=" if width else f"{x}{op}{y}="
                 out.append((mark + prompt, answer[::-1] if lsd else answer))
         if self._pad_to:
@@ -537,10 +388,10 @@ class ArithmeticTask:
         if op == "-" and x < y:
             return None
         if mirrored:
-            family = _family_of(op, x, y)
+            family = family_of(op, x, y)
             if family is None or family + MIRROR_SUFFIX not in self._specs:
                 return None
-        result = _result(op, x, y)
+        result = result_of(op, x, y)
         lsd = (self.answer_order == "lsd_first") != mirrored
         return answer.strip() == (result[::-1] if lsd else result)
 
@@ -562,7 +413,7 @@ class ArithmeticTask:
         if parsed is None:
             return self._noise_of(prompt)
         x, op, y, mirrored = parsed
-        family = _family_of(op, x, y)
+        family = family_of(op, x, y)
         if family is None:
             return None
         if not mirrored and not self._pad_to:

@@ -55,12 +55,9 @@ turned into one with :func:`slugify_skill` (``counting_and_probability``).
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
@@ -68,9 +65,10 @@ import numpy as np
 from pydantic import Field
 
 from teachgym.envs.skills import SkillTree
+from teachgym.envs.tasks.dataset_split import Item, Row, find_sources, read_jsonl, split_items
 from teachgym.options import Options, takes
 from teachgym.runtime import cache_root
-from teachgym.types import Problem, normalize_prompt
+from teachgym.types import Problem
 
 __all__ = [
     "OTHER_SKILL",
@@ -89,7 +87,6 @@ SINGLE_SKILL = "all"
 OTHER_SKILL = "other"
 
 _SKILL_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
 def slugify_skill(label: str) -> str:
@@ -134,87 +131,6 @@ class SkillLabeller(Protocol):
         cache_dir: str | None,
         seed: int,
     ) -> Mapping[str, str]: ...
-
-
-@dataclass(frozen=True)
-class Row:
-    """One source row as the task reads it (what a subclass's :meth:`parse_row` returns).
-
-    ``answer`` is what a model should write (the gold solution text), so a
-    sampled problem can serve as a training example as it is; ``metadata``
-    keeps what scoring needs (the final answer) and anything worth showing.
-    """
-
-    prompt: str
-    answer: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    gold_skill: str | None = None
-
-
-def _expand(path: str | os.PathLike[str]) -> Path:
-    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
-
-
-def find_sources(path: str | os.PathLike[str]) -> dict[str, Path]:
-    """The files under ``path``: ``{"train": ..., "test": ...}``, or ``{"pool": ...}``.
-
-    Accepted: a ``.jsonl``/``.jsonl.gz`` file (one source: ``pool``); a
-    directory holding ``train.jsonl`` and ``test.jsonl`` (either may be
-    gzipped); a directory holding exactly one of them, or exactly one other
-    JSONL file (one source). ``~`` and environment variables are expanded.
-    """
-    p = _expand(path)
-    if not p.exists():
-        raise ValueError(f"dataset path {str(path)!r} (resolved to {str(p)!r}) does not exist")
-    if p.is_file():
-        if not p.name.endswith(_SUFFIXES):
-            raise ValueError(f"dataset file {str(p)!r} must end with .jsonl or .jsonl.gz")
-        return {"pool": p}
-    found: dict[str, Path] = {}
-    for split in ("train", "test"):
-        for suffix in _SUFFIXES:
-            if (p / f"{split}{suffix}").is_file():
-                found[split] = p / f"{split}{suffix}"
-                break
-    if len(found) == 2:
-        return found
-    if len(found) == 1:
-        return {"pool": next(iter(found.values()))}
-    others = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(_SUFFIXES))
-    if len(others) == 1:
-        return {"pool": others[0]}
-    raise ValueError(
-        f"dataset directory {str(p)!r} holds no train.jsonl/test.jsonl (optionally .gz) "
-        f"and not exactly one other .jsonl file (found {[f.name for f in others]})"
-    )
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL file (gzipped when it ends with ``.gz``); blank lines skipped."""
-    opener: Any = gzip.open if path.name.endswith(".gz") else open
-    rows: list[dict[str, Any]] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
-                )
-            rows.append(row)
-    return rows
-
-
-@dataclass(frozen=True)
-class _Item:
-    """A row with its id: the train pool keeps these and builds Problems only when sampled."""
-
-    id: str
-    row: Row
 
 
 class DiscoveryOptions(Options):
@@ -330,8 +246,8 @@ class DatasetTask:
         self.skill_mode = skills if isinstance(skills, str) else "mapping"
 
         sources = self._load(path)
-        val, test, train = self._split(
-            sources, val_size, test_size, np.random.default_rng(split_seed)
+        val, test, train = split_items(
+            sources, val_size, test_size, np.random.default_rng(split_seed), task=self.name
         )
         labels = self._labels(skills, val, test, train, llm, discovery, discovery_train_items)
 
@@ -344,7 +260,7 @@ class DatasetTask:
         leaves = sorted({p.skill for ps in self._splits.values() for p in ps})
         self._skills = SkillTree(leaves)
         self._leaves = self._skills.leaves
-        self._by_skill: dict[str, list[_Item]] = {}
+        self._by_skill: dict[str, list[Item]] = {}
         for it in train:
             skill = self._train_labels.get(it.id)
             if skill is not None:
@@ -490,7 +406,7 @@ class DatasetTask:
 
     # -- loading and splitting ------------------------------------------------
 
-    def _problem(self, item: _Item, skill: str, fallback: bool = False) -> Problem:
+    def _problem(self, item: Item, skill: str, fallback: bool = False) -> Problem:
         meta = dict(item.row.metadata)
         if fallback:
             meta["skill_fallback"] = True
@@ -500,7 +416,7 @@ class DatasetTask:
             id=item.id, skill=skill, prompt=item.row.prompt, answer=item.row.answer, metadata=meta
         )
 
-    def _load(self, path: str | os.PathLike[str] | None) -> dict[str, list[_Item]]:
+    def _load(self, path: str | os.PathLike[str] | None) -> dict[str, list[Item]]:
         """``{source: items}`` with sources ``train``+``test`` or ``pool``."""
         if path is not None:
             files = find_sources(path)
@@ -509,7 +425,7 @@ class DatasetTask:
         else:
             raw = self._load_hub()
             where = {src: f"{self.hub_name}[{src}]" for src in raw}
-        out: dict[str, list[_Item]] = {}
+        out: dict[str, list[Item]] = {}
         #: Rows per source that :meth:`parse_row` skipped (no scorable answer).
         self.skipped_rows: dict[str, int] = {}
         for src, rows in raw.items():
@@ -525,7 +441,7 @@ class DatasetTask:
                 if row is None:
                     self.skipped_rows[src] += 1
                     continue
-                items.append(_Item(f"{self.name}/{src}/{self.row_key(r, i)}", row))
+                items.append(Item(f"{self.name}/{src}/{self.row_key(r, i)}", row))
             if not items:
                 raise ValueError(f"{where[src]}: no rows")
             out[src] = items
@@ -553,62 +469,6 @@ class DatasetTask:
             for src, s in names.items()
         }
 
-    @staticmethod
-    def _draw(items: list[_Item], k: int, rng: np.random.Generator, what: str) -> list[int]:
-        if k > len(items):
-            raise ValueError(f"{what} is {k} but only {len(items)} rows are available")
-        return sorted(rng.choice(len(items), size=k, replace=False).tolist())
-
-    def _split(
-        self,
-        sources: dict[str, list[_Item]],
-        val_size: int,
-        test_size: int | None,
-        rng: np.random.Generator,
-    ) -> tuple[list[_Item], list[_Item], list[_Item]]:
-        """(val, test, train pool), disjoint by normalised prompt."""
-        if "pool" in sources:
-            if test_size is None:
-                raise ValueError(
-                    f"task {self.name!r} was given a single source; set test_size to carve a "
-                    "test split from it"
-                )
-            seen: set[str] = set()
-            pool: list[_Item] = []
-            for it in sources["pool"]:
-                key = normalize_prompt(it.row.prompt)
-                if key not in seen:
-                    seen.add(key)
-                    pool.append(it)
-            if val_size + test_size > len(pool):
-                raise ValueError(
-                    f"val_size + test_size is {val_size + test_size} but the single source has "
-                    f"only {len(pool)} distinct rows"
-                )
-            order = rng.permutation(len(pool)).tolist()
-            test_idx = sorted(order[:test_size])
-            val_idx = sorted(order[test_size : test_size + val_size])
-            rest = sorted(order[test_size + val_size :])
-            return [pool[i] for i in val_idx], [pool[i] for i in test_idx], [pool[i] for i in rest]
-
-        test_all = sources["test"]
-        test_keys = {normalize_prompt(it.row.prompt) for it in test_all}
-        if test_size is None:
-            test = list(test_all)
-        else:
-            test = [test_all[i] for i in self._draw(test_all, test_size, rng, "test_size")]
-        train = [it for it in sources["train"] if normalize_prompt(it.row.prompt) not in test_keys]
-        val_idx = self._draw(train, val_size, rng, "val_size")
-        val = [train[i] for i in val_idx]
-        val_keys = {normalize_prompt(it.row.prompt) for it in val}
-        chosen = set(val_idx)
-        rest = [
-            it
-            for i, it in enumerate(train)
-            if i not in chosen and normalize_prompt(it.row.prompt) not in val_keys
-        ]
-        return val, test, rest
-
     # -- skills ---------------------------------------------------------------
 
     @staticmethod
@@ -624,9 +484,9 @@ class DatasetTask:
     def _labels(
         self,
         skills: str | Mapping[str, str],
-        val: list[_Item],
-        test: list[_Item],
-        train: list[_Item],
+        val: list[Item],
+        test: list[Item],
+        train: list[Item],
         llm: Any,
         discovery: Mapping[str, Any] | None,
         discovery_train_items: int,
@@ -656,9 +516,9 @@ class DatasetTask:
 
     def _discover(
         self,
-        val: list[_Item],
-        test: list[_Item],
-        train: list[_Item],
+        val: list[Item],
+        test: list[Item],
+        train: list[Item],
         llm: Any,
         discovery: DiscoveryOptions | None,
         discovery_train_items: int,
@@ -677,7 +537,7 @@ class DatasetTask:
         rng = np.random.default_rng([self.split_seed, 1])
         k = min(discovery_train_items, len(train))
         extra = [train[i] for i in sorted(rng.choice(len(train), size=k, replace=False).tolist())]
-        items: Iterable[_Item] = (*val, *test, *extra)
+        items: Iterable[Item] = (*val, *test, *extra)
         found = llm.label(
             [self._problem(it, SINGLE_SKILL) for it in items],
             max_skills=max_skills,
