@@ -53,6 +53,7 @@ from teachgym.config import (
     build_config,
     config_diff,
     fingerprint,
+    is_teacher_path,
     parse_cli_overrides,
     read_yaml,
 )
@@ -189,7 +190,8 @@ def plan_trials(
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     for name in teachers:
-        registry.resolve("teacher", name)
+        if not is_teacher_path(name):  # a saved teacher's directory is checked when built
+            registry.resolve("teacher", name)
     grid = dict(grid or {})
     keys = list(grid)
     trials = []
