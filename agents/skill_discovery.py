@@ -42,14 +42,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import string
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -58,6 +55,13 @@ from pydantic import BaseModel, Field, create_model
 
 from teachgym.agents.llm import LLMClient, LLMReply, LLMRequest, Sampling
 from teachgym.agents.llm.prompt_file import load_prompt_file
+from teachgym.agents.skill_discovery_cache import CACHE_VERSION as CACHE_VERSION
+from teachgym.agents.skill_discovery_cache import (
+    SkillDiscovery,
+    discovery_key,
+    read_cache,
+    save_result,
+)
 from teachgym.types import Problem
 
 __all__ = [
@@ -88,25 +92,11 @@ MAX_SHOWN_CHARS = 1200
 MAX_GROUP_NAMES = 200
 #: Member skill names shown per category in a labelling prompt.
 MEMBERS_SHOWN = 6
-#: Bumped when the cache's key recipe or file layout changes, so old files just miss.
-CACHE_VERSION = 1
 
 _SECTIONS = ("system", "name", "group", "label")
 _PLACEHOLDERS = ("dataset", "n", "problems", "skills", "max_skills", "categories")
-_VALID_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 _Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
-
-
-@dataclass
-class SkillDiscovery:
-    """What a discovery found: ``mapping`` (problem id -> category), ``categories``
-    (category -> the stage-1 skill names it groups, only categories with problems) and
-    ``stats`` (requests sent, failures by reason, fallback count, cache use, ...)."""
-
-    mapping: dict[str, str]
-    categories: dict[str, list[str]]
-    stats: dict[str, Any]
 
 
 class SkillDiscoverer:
@@ -209,37 +199,34 @@ def run_skill_discovery(
     if cache_dir is not None:
         name = f"skills-{slugify(dataset) or 'dataset'}-{key[:16]}.json"
         path = Path(cache_dir).expanduser() / name
-        hit = _read_cache(path, key, problems)
+        hit = read_cache(path, key, problems)
         if hit is not None:
             log.info("skill discovery for %s: cache hit %s", dataset, path)
             return hit
     result = _Discovery(
         problems, client, prompts, dataset, max_skills, seed, batch_size, max_rounds
     ).run()
-    result.stats["cache"] = "off"
-    result.stats["cache_file"] = None
-    if path is not None:
-        if result.stats["failed"]:
-            result.stats["cache"] = "skipped"  # a failed request deserves another try
-        else:
-            _write_cache(path, key, result, dataset=dataset, model=model)
-            result.stats["cache"] = "written"
-            result.stats["cache_file"] = str(path)
+    save_result(result, path, key, dataset=dataset, model=model)
+    _log_result(dataset, len(problems), result)
+    return result
+
+
+def _log_result(dataset: str, n_problems: int, result: SkillDiscovery) -> None:
+    """One INFO line: what a discovery that ran (not a cache hit) did and what it cost."""
     log.info(
         "skill discovery for %s: %d problems -> %d categories, %d requests, %d failed, "
         "%d to the fallback category %s",
         dataset,
-        len(problems),
+        n_problems,
         len(result.categories),
         result.stats["requests"],
         sum(result.stats["failed"].values()),
         result.stats["fallback"],
         result.stats["fallback_category"],
     )
-    return result
 
 
-# -- names, prompts, keys ------------------------------------------------------------
+# -- names and prompts ---------------------------------------------------------------
 def slugify(name: str, max_chars: int = MAX_CATEGORY_CHARS) -> str:
     """``name`` as a valid skill name: ASCII (accents dropped), lowercase, every run of other
     characters one ``_``, no ``_`` at either end, at most ``max_chars``; ``""`` when nothing
@@ -257,33 +244,6 @@ def load_discovery_prompts(path: str | Path) -> tuple[dict[str, string.Template]
     """
     loaded = load_prompt_file(path, placeholders=_PLACEHOLDERS, sections=_SECTIONS)
     return dict(loaded.templates), loaded.text
-
-
-def discovery_key(
-    problems: Sequence[Problem],
-    *,
-    dataset: str,
-    model: str | None,
-    max_skills: int,
-    prompt_text: str,
-    seed: int = 0,
-    batch_size: int = 20,
-    max_rounds: int = 3,
-) -> str:
-    """sha256 over everything that shapes the result, stable across processes and runs."""
-    payload = {
-        "v": CACHE_VERSION,
-        "dataset": dataset,
-        "model": model,
-        "problems": [[p.id, p.prompt] for p in problems],
-        "max_skills": max_skills,
-        "batch_size": batch_size,
-        "max_rounds": max_rounds,
-        "seed": seed,
-        "prompts": prompt_text,
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def _model_name(client: Any) -> str | None:
@@ -634,57 +594,3 @@ class _Discovery:
             else:
                 self.ignored["bad_index"] += 1
         return out
-
-
-# -- the cache file ------------------------------------------------------------------
-def _read_cache(path: Path, key: str, problems: Sequence[Problem]) -> SkillDiscovery | None:
-    """The stored result, or None when absent, unreadable or not for these problems."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        mapping = {str(k): str(v) for k, v in data["mapping"].items()}
-        categories = {str(k): [str(m) for m in v] for k, v in data["categories"].items()}
-        stats = dict(data["stats"])
-        stored_key = data["key"]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        log.warning("skill discovery cache %s unreadable (%s); discovering again", path, err)
-        return None
-    ids = {p.id for p in problems}
-    if (
-        stored_key != key
-        or set(mapping) != ids
-        or not set(mapping.values()) <= set(categories)
-        or not all(_VALID_NAME.match(c) for c in categories)
-    ):
-        log.warning("skill discovery cache %s does not fit this call; discovering again", path)
-        return None
-    stats["discovery_requests"] = stats.get("requests", 0)
-    stats.update(requests=0, cached_replies=0, cache="hit", cache_file=str(path))
-    return SkillDiscovery(mapping=mapping, categories=categories, stats=stats)
-
-
-def _write_cache(
-    path: Path, key: str, result: SkillDiscovery, *, dataset: str, model: str | None
-) -> None:
-    """Written to a temporary name and renamed, so a crash or a concurrent writer never
-    leaves a half-written file that a later call would read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stats = {k: v for k, v in result.stats.items() if k not in ("cache", "cache_file")}
-    payload = {
-        "version": CACHE_VERSION,
-        "key": key,
-        "dataset": dataset,
-        "model": model,
-        "categories": result.categories,
-        "mapping": result.mapping,
-        "stats": stats,
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -258,6 +258,8 @@ def _config_target(items: Sequence[str], env: str | None) -> tuple[str, Any, Any
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``teachgym`` parser: each subcommand's parser is added by a function of its own
+    (``_add_<command>``), so a new subcommand is one more such function and its call here."""
     parser = argparse.ArgumentParser(
         prog="teachgym",
         description="Teacher agents that make training data for students.",
@@ -265,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"teachgym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_compare(sub)
+    _add_sweep(sub)
+    _add_train_teacher(sub)
+    _add_list(sub)
+    _add_config(sub)
+    return parser
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run one episode into a run directory")
     run.add_argument(
         "items",
@@ -282,53 +294,71 @@ def build_parser() -> argparse.ArgumentParser:
         "count with a warning)",
     )
     run.set_defaults(func=cmd_run)
-    for name, func, helptext in (
-        ("compare", cmd_compare, "teachers x seeds, one after another here; a leaderboard"),
-        ("sweep", cmd_sweep, "teachers x seeds x grid as Ray Tune trials; a leaderboard"),
-    ):
-        cmd = sub.add_parser(name, help=helptext)
-        cmd.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
-        cmd.add_argument("--teachers", required=name == "compare", help="comma-separated names")
-        cmd.add_argument("--seeds", type=int, default=3, help="seeds per teacher (0..N-1)")
-        cmd.add_argument(
-            "--grid",
-            action="append",
-            metavar="KEY=V1,V2",
-            help="config values to sweep (repeatable), e.g. teacher_kwargs.gate=0.3,0.5",
-        )
-        cmd.add_argument("--out", help=f"output directory (default: runs/{name}-<config>-<time>)")
-        cmd.add_argument(
-            "--metric",
-            choices=("aulc", "final_test", "examples_to_target"),
-            default="aulc",
-            help="what ranks the leaderboard (default aulc; examples_to_target: fewest "
-            "examples until val accuracy reaches --target)",
-        )
-        cmd.add_argument(
-            "--target",
-            type=float,
-            default=0.9,
-            help="val accuracy that examples_to_target counts the examples to (default 0.9)",
-        )
-        cmd.add_argument(
-            "--max-failures",
-            type=int,
-            default=2,
-            help="retries of a failed trial, from its last checkpoint (sweep)",
-        )
-        if name == "sweep":
-            cmd.add_argument("--resume", metavar="SWEEP_DIR", help="finish a killed sweep")
-            cmd.add_argument(
-                "--max-concurrent",
-                type=int,
-                metavar="N",
-                help="run at most N trials at once (default: as many as the resources allow)",
-            )
-        cmd.set_defaults(func=func)
-    _add_train_teacher(sub)
+
+
+def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    compare = sub.add_parser(
+        "compare", help="teachers x seeds, one after another here; a leaderboard"
+    )
+    _add_leaderboard_args(compare, "compare")
+    compare.set_defaults(func=cmd_compare)
+
+
+def _add_sweep(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sweep = sub.add_parser(
+        "sweep", help="teachers x seeds x grid as Ray Tune trials; a leaderboard"
+    )
+    _add_leaderboard_args(sweep, "sweep")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="finish a killed sweep")
+    sweep.add_argument(
+        "--max-concurrent",
+        type=int,
+        metavar="N",
+        help="run at most N trials at once (default: as many as the resources allow)",
+    )
+    sweep.set_defaults(func=cmd_sweep)
+
+
+def _add_leaderboard_args(cmd: argparse.ArgumentParser, name: str) -> None:
+    """The arguments ``compare`` and ``sweep`` share (teachers, seeds, grid, ranking)."""
+    cmd.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
+    cmd.add_argument("--teachers", required=name == "compare", help="comma-separated names")
+    cmd.add_argument("--seeds", type=int, default=3, help="seeds per teacher (0..N-1)")
+    cmd.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="config values to sweep (repeatable), e.g. teacher_kwargs.gate=0.3,0.5",
+    )
+    cmd.add_argument("--out", help=f"output directory (default: runs/{name}-<config>-<time>)")
+    cmd.add_argument(
+        "--metric",
+        choices=("aulc", "final_test", "examples_to_target"),
+        default="aulc",
+        help="what ranks the leaderboard (default aulc; examples_to_target: fewest "
+        "examples until val accuracy reaches --target)",
+    )
+    cmd.add_argument(
+        "--target",
+        type=float,
+        default=0.9,
+        help="val accuracy that examples_to_target counts the examples to (default 0.9)",
+    )
+    cmd.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a failed trial, from its last checkpoint (sweep)",
+    )
+
+
+def _add_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = sub.add_parser("list", help="what a config can name, with one line of doc each")
     listing.add_argument("kind", nargs="?", choices=LIST_KINDS, help="one kind (default: all)")
     listing.set_defaults(func=cmd_list)
+
+
+def _add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = sub.add_parser(
         "config",
         help="a component's options with their defaults and docs",
@@ -339,10 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("items", nargs="+", metavar="[KIND] NAME")
     config.add_argument("--env", help="the env a teacher acts on (default: the default env)")
     config.set_defaults(func=cmd_config)
-    return parser
 
 
-def _add_train_teacher(sub: Any) -> None:
+def _add_train_teacher(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser(
         "train-teacher",
         help="train a PPO teacher on the population vector env (the rl extra)",

@@ -268,32 +268,8 @@ def takes(model: type[Options]) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
         fields = model.model_fields
-        named: list[str] = []
-        params = []
-        rest: str | None = None  # the name of the function's **kwargs, if any
-        for param in signature.parameters.values():
-            if param.kind is param.VAR_KEYWORD:
-                rest = param.name
-            if param.name in fields:
-                if param.default is not param.empty:
-                    raise TypeError(
-                        f"{fn.__qualname__}: option {param.name!r} has a default in the "
-                        f"signature; its default is written once, in {model.__name__}"
-                    )
-                if param.kind not in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
-                    raise TypeError(f"{fn.__qualname__}: option {param.name!r} is not a keyword")
-                default = fields[param.name].get_default(call_default_factory=True)
-                params.append(param.replace(default=default))
-                named.append(param.name)
-            else:
-                params.append(param)
-        if rest is None and set(fields) - set(named):
-            raise TypeError(
-                f"{fn.__qualname__} neither names nor forwards the option(s) "
-                f"{sorted(set(fields) - set(named))} of {model.__name__}"
-            )
+        public, named, rest = _options_signature(fn, signature, model)
         where = fn.__qualname__.removesuffix(".__init__")
-        public = signature.replace(parameters=params)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -317,3 +293,42 @@ def takes(model: type[Options]) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _options_signature(
+    fn: Callable[..., Any], signature: inspect.Signature, model: type[Options]
+) -> tuple[inspect.Signature, list[str], str | None]:
+    """``fn``'s public signature for :func:`takes`: the model's defaults put into the
+    parameters that name its options; with the names of those options and of ``fn``'s
+    ``**kwargs`` (``None`` without one).
+
+    Refuses (``TypeError``, at import time) an option whose default the signature writes
+    a second time, an option that is not a keyword, and an option ``fn`` neither names
+    nor can receive through ``**kwargs``.
+    """
+    fields = model.model_fields
+    named: list[str] = []
+    params = []
+    rest: str | None = None  # the name of the function's **kwargs, if any
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            rest = param.name
+        if param.name in fields:
+            if param.default is not param.empty:
+                raise TypeError(
+                    f"{fn.__qualname__}: option {param.name!r} has a default in the "
+                    f"signature; its default is written once, in {model.__name__}"
+                )
+            if param.kind not in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+                raise TypeError(f"{fn.__qualname__}: option {param.name!r} is not a keyword")
+            default = fields[param.name].get_default(call_default_factory=True)
+            params.append(param.replace(default=default))
+            named.append(param.name)
+        else:
+            params.append(param)
+    if rest is None and set(fields) - set(named):
+        raise TypeError(
+            f"{fn.__qualname__} neither names nor forwards the option(s) "
+            f"{sorted(set(fields) - set(named))} of {model.__name__}"
+        )
+    return signature.replace(parameters=params), named, rest

@@ -20,28 +20,37 @@ report; so a rerun with the client's ``cache_dir`` sends no request at all.
 from __future__ import annotations
 
 import hashlib
-import json
-import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import Field, ValidationError
 
 from teachgym.agents.generators.base import GenerationContext, Plan
+from teachgym.agents.generators.llm_prompts import (
+    DEFAULT_PROMPT_FILE,
+    PLACEHOLDERS,
+    errors_text,
+    example_line,
+    format_text,
+    load_prompts,
+    related,
+)
+from teachgym.agents.generators.llm_prompts import GENERIC_FORMAT as GENERIC_FORMAT
+from teachgym.agents.generators.llm_schema import MAX_ANSWER_CHARS as MAX_ANSWER_CHARS
+from teachgym.agents.generators.llm_schema import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from teachgym.agents.generators.llm_schema import MAX_SKILL_CHARS as MAX_SKILL_CHARS
+from teachgym.agents.generators.llm_schema import batch_model, reply_bounds
+from teachgym.agents.generators.llm_schema import item_model as item_model
 from teachgym.agents.generators.procedural import parse_text_plan, source_skills
 from teachgym.agents.llm import LLMClient, LLMRequest, Sampling, make_client
-from teachgym.agents.llm.prompt_file import load_prompt_file
 from teachgym.envs.tasks.base import TaskCapabilities
 from teachgym.options import Options, takes
 from teachgym.types import (
     Allocation,
-    ErrorCase,
     Example,
-    Problem,
     Provenance,
     TextPlan,
     TreeAction,
@@ -50,73 +59,6 @@ from teachgym.types import (
 
 __all__ = ["DEFAULT_PROMPT_FILE", "LLMGenerator", "batch_model"]
 
-#: The prompt used unless ``prompt_file`` names another (same sections, same placeholders).
-DEFAULT_PROMPT_FILE = Path(__file__).resolve().parent.parent / "prompts" / "generator.txt"
-
-#: Bounds of one generated example. The client refuses unbounded schemas: a
-#: grammar-constrained model would otherwise write one string until max_tokens.
-MAX_PROMPT_CHARS = 400
-MAX_ANSWER_CHARS = 200
-MAX_SKILL_CHARS = 100
-
-_SECTIONS = ("system", "skill", "text")
-_PLACEHOLDERS = ("n", "skill", "format", "examples", "errors", "plan", "skills")
-
-#: Used for ``$format`` when the task has no ``format_description``.
-GENERIC_FORMAT = (
-    "Write each prompt exactly as the student will see it and each answer exactly as "
-    "the student must write it, in the format of the problems shown."
-)
-
-
-@cache
-def item_model(
-    labelled: bool = False,
-    prompt_chars: int = MAX_PROMPT_CHARS,
-    answer_chars: int = MAX_ANSWER_CHARS,
-    extra: tuple[tuple[str, int], ...] = (),
-) -> type[BaseModel]:
-    """One generated example: ``prompt``, ``answer``, the ``skill`` of a text plan's
-    example, and the task's ``generation_fields`` (``extra``, with their bounds)."""
-    fields: dict[str, Any] = {}
-    if labelled:
-        fields["skill"] = (str, Field(max_length=MAX_SKILL_CHARS))
-    fields["prompt"] = (str, Field(max_length=prompt_chars))
-    fields["answer"] = (str, Field(max_length=answer_chars))
-    for name, bound in extra:
-        fields[name] = (str, Field(max_length=bound))
-    suffix = _bounds_suffix(prompt_chars, answer_chars, extra)
-    return create_model(f"_{'Labelled' if labelled else ''}Item{suffix}", **fields)
-
-
-def _bounds_suffix(prompt_chars: int, answer_chars: int, extra: tuple[tuple[str, int], ...]) -> str:
-    """Empty for the default bounds (so their schemas, and cache keys, never change), else
-    a stable digest of the bounds: two item shapes never share a schema title."""
-    if (prompt_chars, answer_chars, extra) == (MAX_PROMPT_CHARS, MAX_ANSWER_CHARS, ()):
-        return ""
-    return "_" + hashlib.sha256(repr((prompt_chars, answer_chars, extra)).encode()).hexdigest()[:8]
-
-
-@cache
-def batch_model(
-    n: int,
-    labelled: bool = False,
-    prompt_chars: int = MAX_PROMPT_CHARS,
-    answer_chars: int = MAX_ANSWER_CHARS,
-    extra: tuple[tuple[str, int], ...] = (),
-) -> type[BaseModel]:
-    """The reply model of a request for ``n`` examples: ``{examples: [...]}`` of at most ``n``.
-
-    One class per argument tuple, made once, so its JSON schema (part of the
-    client's cache key) is the same in every run. Empty strings are allowed by
-    the schema and dropped per example (``empty_example``): one blank item must
-    not fail, and so resend, a whole batch.
-    """
-    item = item_model(labelled, prompt_chars, answer_chars, extra)
-    name = f"{'Labelled' if labelled else ''}Examples{n}"
-    name += _bounds_suffix(prompt_chars, answer_chars, extra)
-    return create_model(name, examples=(list[item], Field(max_length=n)))  # type: ignore[valid-type]
-
 
 @dataclass(frozen=True)
 class _Job:
@@ -124,16 +66,6 @@ class _Job:
 
     skill: str | None
     n: int
-
-
-def load_prompts(path: str | Path) -> dict[str, string.Template]:
-    """The three templates of a prompt file; errors name the file and what is wrong.
-
-    Checked at construction (every section present, no unknown placeholder), so
-    a typo in a custom prompt fails before any request is paid for.
-    """
-    loaded = load_prompt_file(path, placeholders=_PLACEHOLDERS, sections=_SECTIONS)
-    return dict(loaded.templates)
 
 
 class LLMGeneratorOptions(Options):
@@ -288,7 +220,9 @@ class LLMGenerator:
         self.max_requests_per_step = max_requests_per_step
         self.format_examples = int(format_examples)
         self.errors_shown = int(errors_shown)
-        self.prompt_chars, self.answer_chars = _bounds(task, max_prompt_chars, max_answer_chars)
+        self.prompt_chars, self.answer_chars = reply_bounds(
+            task, max_prompt_chars, max_answer_chars
+        )
         self.caps = caps = TaskCapabilities.of(task)
         fields = dict(caps.generation_fields)
         for name, bound in fields.items():
@@ -427,9 +361,9 @@ class LLMGenerator:
                 skill="",
                 plan=plan_text,
                 skills=", ".join(skills),
-                format=self._format(skills[0] if len(skills) == 1 else None),
+                format=format_text(self.caps, skills[0] if len(skills) == 1 else None),
                 examples=self._examples(skills, context, labelled=True),
-                errors=self._errors(None, context),
+                errors=errors_text(context.report, None, self.errors_shown),
             )
         else:
             user = self.prompts["skill"].substitute(
@@ -437,11 +371,11 @@ class LLMGenerator:
                 skill=job.skill,
                 plan="",
                 skills=job.skill,
-                format=self._format(job.skill),
+                format=format_text(self.caps, job.skill),
                 examples=self._examples([job.skill], context, labelled=False),
-                errors=self._errors(job.skill, context),
+                errors=errors_text(context.report, job.skill, self.errors_shown),
             )
-        system = self.prompts["system"].substitute(dict.fromkeys(_PLACEHOLDERS, ""))
+        system = self.prompts["system"].substitute(dict.fromkeys(PLACEHOLDERS, ""))
         return LLMRequest(
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
             response_model=batch_model(
@@ -458,16 +392,6 @@ class LLMGenerator:
     def _known(self, context: GenerationContext) -> list[str]:
         """The skills the task can sample: its leaves (or, lacking the attribute, the plan's)."""
         return list(self.caps.leaf_skills or context.skills)
-
-    def _format(self, skill: str | None) -> str:
-        describer = self.caps.describer
-        if describer is None:
-            return GENERIC_FORMAT
-        if skill is not None:
-            sources, _ = source_skills(skill, list(self.caps.leaf_skills))
-            if sources:
-                return str(describer.format_description(sources[0]))
-        return str(describer.format_description(skill or ""))
 
     def _examples(self, skills: Sequence[str], context: GenerationContext, labelled: bool) -> str:
         """A few fresh problems in the task's format, as JSON lines; never an evaluation item.
@@ -495,16 +419,8 @@ class LLMGenerator:
                 if key not in context.exclude and key not in shown:
                     shown.add(key)
                     self._shown.add(key)
-                    lines.append(_example_line(problem, label if labelled else None))
+                    lines.append(example_line(problem, label if labelled else None))
                     break
-        return "\n".join(lines) or "(none)"
-
-    def _errors(self, skill: str | None, context: GenerationContext) -> str:
-        report = context.report
-        if report is None or self.errors_shown == 0:
-            return "(none)"
-        errors = [e for e in report.errors if skill is None or _related(e.skill, skill)]
-        lines = [_error_line(e) for e in errors[: self.errors_shown]]
         return "\n".join(lines) or "(none)"
 
     # -- checking replies ----------------------------------------------------
@@ -621,7 +537,7 @@ class LLMGenerator:
             return examples
         system = (
             "Solve the problem. Show your reasoning, then give the final answer.\n"
-            f"Format: {self._format(None)}"
+            f"Format: {format_text(self.caps, None)}"
         )
         round_index = int(context.extra.get("round", 0))
         requests = [
@@ -659,41 +575,8 @@ class LLMGenerator:
         new subskill means is the teacher's call (``add/carry/three_carries``
         may well be 3-digit additions, ``add/carry_3d`` to the task).
         """
-        if _related(family, label):
+        if related(family, label):
             return True
         if label in self.task.skills:
             return False
         return family.split("/", 1)[0] == label.split("/", 1)[0]
-
-
-def _bounds(task: Any, prompt_chars: int | None, answer_chars: int | None) -> tuple[int, int]:
-    """The reply schema's bounds: given, or twice the task's longest validation item."""
-    longest_prompt = longest_answer = 0
-    if prompt_chars is None or answer_chars is None:
-        for problem in task.problems("val"):
-            longest_prompt = max(longest_prompt, len(problem.prompt))
-            longest_answer = max(longest_answer, len(problem.answer))
-    if prompt_chars is None:
-        prompt_chars = max(MAX_PROMPT_CHARS, 2 * longest_prompt)
-    if answer_chars is None:
-        answer_chars = max(MAX_ANSWER_CHARS, 2 * longest_answer)
-    return prompt_chars, answer_chars
-
-
-def _related(a: str, b: str) -> bool:
-    """Same skill, or one an ancestor of the other."""
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-def _example_line(problem: Problem, label: str | None) -> str:
-    data = {"prompt": problem.prompt, "answer": problem.answer}
-    if label is not None:
-        data = {"skill": label, **data}
-    return json.dumps(data, ensure_ascii=False)
-
-
-def _error_line(error: ErrorCase) -> str:
-    return (
-        f"{error.prompt}  student: {error.student_answer or '<empty>'}  "
-        f"correct: {error.gold_answer}  (skill {error.skill})"
-    )

@@ -341,20 +341,33 @@ def vllm_server(
         method=method,
         python=python,
     )
-    owns_log = log_path is None
-    log_path = _log_file(log_path)
-    start = time.monotonic()
-    process = _spawn(command, log_path, server_env(kv_cache_gib=kv_cache_gib, extra=env))
-    server = VLLMServer(process, port, served_model_name or str(model), log_path, command=command)
+    with _server_log(log_path) as log_file:
+        start = time.monotonic()
+        process = _spawn(command, log_file, server_env(kv_cache_gib=kv_cache_gib, extra=env))
+        name = served_model_name or str(model)
+        server = VLLMServer(process, port, name, log_file, command=command)
+        try:
+            _await_ready(server, start, startup_timeout_s)
+            server.ready_s = time.monotonic() - start
+            yield server
+        finally:
+            stop_group(process, grace_s=stop_grace_s)
+
+
+@contextlib.contextmanager
+def _server_log(path: str | Path | None) -> Iterator[Path]:
+    """The server's log file for the ``with`` block: ``path``, or a new temp file that is
+    deleted when the block ends cleanly and kept when it raises (the log is then the
+    post-mortem, and the error names it). The block stops the server before it ends, so
+    nothing writes to a log being deleted."""
+    owns_log = path is None
+    log_path = _log_file(path)
     try:
-        _await_ready(server, start, startup_timeout_s)
-        server.ready_s = time.monotonic() - start
-        yield server
+        yield log_path
     except BaseException:
         owns_log = False  # the log is the post-mortem
         raise
     finally:
-        stop_group(process, grace_s=stop_grace_s)
         if owns_log:
             log_path.unlink(missing_ok=True)
 
