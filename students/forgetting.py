@@ -14,7 +14,8 @@ optimizer state is kept, as a reset of the network alone would keep it.
 It wraps the student rather than changing it, so it works for every
 student class (the ``tiny_forgetting`` student of the registry is the tiny
 student wrapped) and needs nothing from the student but ``model`` (a torch
-module) and the :class:`~teachgym.students.Student` protocol. The count of
+module, :class:`HasTorchModel`) and the :class:`~teachgym.students.Student`
+protocol. The count of
 ``train`` calls is saved next to the student's own checkpoint, so a resumed
 run forgets at the same steps.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from pydantic import Field
@@ -36,17 +37,26 @@ from teachgym.types import Example
 _STATE = "forgetting.json"
 
 
+@runtime_checkable
+class HasTorchModel(Protocol):
+    """A student whose weights are one torch module, ``model``: all that forgetting needs
+    besides the ``Student`` protocol (it keeps the module's initial parameters and moves
+    the current ones back towards them)."""
+
+    model: torch.nn.Module
+
+
 class ForgettingStudent:
     """``student`` with a partial reset after every ``every``-th ``train`` call."""
 
     def __init__(self, student: Any, *, every: int, fraction: float) -> None:
         """``every`` >= 1 and ``fraction`` in (0, 1], as :data:`ForgettingOptions` checks."""
-        model = getattr(student, "model", None)
-        if not isinstance(model, torch.nn.Module):
+        if not (isinstance(student, HasTorchModel) and isinstance(student.model, torch.nn.Module)):
             raise ValueError(
                 f"a forgetting student needs a student with a torch `model`; "
                 f"{type(student).__name__} has none"
             )
+        model = student.model
         self.student = student
         self.every = every
         self.fraction = float(fraction)

@@ -15,7 +15,12 @@ and resume have one implementation. :class:`HFStudent` keeps the
 - :mod:`~teachgym.students.eval_sync`: the optional vLLM evaluation engine
   (``eval_backend: vllm``), which gets the current weights before each
   ``predict``;
-- :mod:`~teachgym.students.options`: option checks, device and dtype.
+- :mod:`~teachgym.students.options`: option checks, device and dtype;
+- :mod:`~teachgym.students.model_setup`: loading a checkpoint, and the model
+  put in its precision, on its device, with its LoRA adapter;
+- :mod:`~teachgym.students.hf_settings`: the settings read off the student
+  (:class:`~.hf_settings.StudentSettings`, a base class);
+- :mod:`~teachgym.students.perf`: the throughput and memory ``take_perf`` reports.
 
 What the parts need on top of the tiny student's behaviour are options that
 default to it.
@@ -32,15 +37,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import transformers
 from pydantic import Field
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from teachgym.options import derive, takes
 from teachgym.students import checkpoints
 from teachgym.students.decoding import GreedyDecoder, stop_token_ids
 from teachgym.students.encoding import TextCodec, resolve_chat_template
 from teachgym.students.eval_sync import EvaluatorSync
+from teachgym.students.hf_settings import StudentSettings
+from teachgym.students.model_setup import load_causal_lm, load_tokenizer, prepare_model
 from teachgym.students.options import (
     EvalBackend,
     HFStudentOptions,
@@ -50,12 +55,11 @@ from teachgym.students.options import (
     resolve_precision,
     task_generation_defaults,
 )
+from teachgym.students.perf import PerfCounters
 from teachgym.students.training import (
-    Packing,
     Trainer,
     TrainSettings,
     data_order,
-    enable_gradient_checkpointing,
 )
 from teachgym.types import Example, Problem
 
@@ -64,7 +68,7 @@ from teachgym.vllm_support import VLLM_INSTALL as VLLM_INSTALL
 from teachgym.vllm_support import vllm_installed as vllm_installed
 
 
-class HFStudent:
+class HFStudent(StudentSettings):
     """Fine-tunes and queries a causal LM.
 
     Args:
@@ -221,105 +225,57 @@ class HFStudent:
         self.codec = TextCodec(tokenizer, chat_template, max_prompt_tokens, max_completion_tokens)
         stop_ids = stop_token_ids(model, tokenizer)  # before LoRA wraps the model
         self.decoder = GreedyDecoder(self.codec, stop_ids, stop, max_new_tokens, eval_batch_size)
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(dtype, self.device)
         self.seed, self.mode, self.eval_backend = seed, mode, eval_backend
         self.tokenizer = tokenizer
         self.base_checkpoint = checkpoints.checkpoint_dir(model, base_checkpoint)
-        self.model = self._prepare_model(model, lora, gradient_checkpointing)
-        pad = tokenizer.pad_token_id
-        self.trainer = Trainer(
+        self.model = self._prepare_model(model, lora, gradient_checkpointing, device, dtype)
+        self.trainer = self._make_trainer(settings)
+        self.eval_sync = EvaluatorSync(evaluator_factory, vllm_kwargs, eval_dir)
+        self._init_episode_state()
+
+    def _make_trainer(self, settings: TrainSettings) -> Trainer:
+        """The trainer of the prepared model, on its device and in its precision."""
+        pad = self.tokenizer.pad_token_id
+        return Trainer(
             self.model, settings, device=self.device, pad_token_id=pad, precision=self.precision
         )
-        self.eval_sync = EvaluatorSync(evaluator_factory, vllm_kwargs, eval_dir)
+
+    def _init_episode_state(self) -> None:
+        """What changes as the student is used: the horizon the env sets, the data seen
+        and ``train`` calls made (``reset`` clears those two), the last ``predict``'s
+        truncations and the performance counters."""
         self.last_predict_info: dict[str, int] = {}
         self.horizon: int | None = None
         self._seen: list[Example] = []
         self._calls = 0
-        self._perf = _PerfCounters()
+        self._perf = PerfCounters()
 
     def _prepare_model(
-        self, model: Any, lora: Mapping[str, Any] | None, gradient_checkpointing: bool
+        self,
+        model: Any,
+        lora: Mapping[str, Any] | None,
+        gradient_checkpointing: bool,
+        device: str | None,
+        dtype: str | torch.dtype,
     ) -> Any:
-        """The model on the device, in its precision, with its LoRA adapter (seeded) when
-        asked for.
-
-        Full fine-tuning stores every weight as trained (float32 under mixed
-        precision); LoRA stores the frozen base in the compute dtype and, under
-        mixed precision, the adapter in float32. Sets ``lora``,
-        ``gradient_checkpointing`` and ``_base``: full fine-tuning keeps a
-        copy of the base weights for ``reset``, a LoRA student none (it
-        re-initialises its adapter instead).
-        """
+        """The model on its device, in its precision, with its LoRA adapter when asked for
+        (:func:`~.model_setup.prepare_model`). Sets ``device``, ``precision``, ``lora``,
+        ``gradient_checkpointing``, and ``_base`` (``None`` with LoRA) for ``reset``."""
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(dtype, self.device)
         self.gradient_checkpointing = bool(gradient_checkpointing)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         self.lora = bool(lora)
-        self._lora_init: checkpoints.LoraInit = True
-        model = model.to(self.precision.storage(trained=not self.lora))
-        if lora:
-            model, self._lora_init = checkpoints.with_lora(model, lora)
-            if self.precision.autocast:
-                for param in model.parameters():
-                    if param.requires_grad:
-                        param.data = param.data.float()
-        model = model.to(self.device)
-        if self.lora:
-            checkpoints.init_adapter(model, self._lora_init, self.seed, self.device)
-        self._base = None if self.lora else checkpoints.snapshot_weights(model)
-        return model
-
-    # -- settings, as attributes (read by the vLLM evaluator, benchmarks and tests) --------
-    @property
-    def lr(self) -> float:
-        return self.trainer.settings.lr
-
-    @property
-    def epochs(self) -> int:
-        return self.trainer.settings.epochs
-
-    @property
-    def batch_size(self) -> int:
-        return self.trainer.settings.batch_size
-
-    @property
-    def packing(self) -> Packing:
-        """The packing in use: the option, until ``"auto"`` is resolved on the first batch."""
-        return self.trainer.packing
-
-    @property
-    def chat_template(self) -> bool:
-        return self.codec.chat_template
-
-    @property
-    def max_prompt_tokens(self) -> int | None:
-        return self.codec.max_prompt_tokens
-
-    @property
-    def max_completion_tokens(self) -> int | None:
-        return self.codec.max_completion_tokens
-
-    @property
-    def stop(self) -> tuple[str, ...]:
-        return self.decoder.stop
-
-    @property
-    def stop_token_ids(self) -> list[int]:
-        """Token ids that end a completion: the tokenizer's eos and the generation config's."""
-        return self.decoder.stop_ids
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.decoder.max_new_tokens
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.decoder.batch_size
-
-    @property
-    def evaluator(self) -> Any | None:
-        """The vLLM evaluator, once the first ``predict`` built it."""
-        return self.eval_sync.evaluator
+        prepared = prepare_model(
+            model,
+            lora,
+            gradient_checkpointing,
+            precision=self.precision,
+            device=self.device,
+            seed=self.seed,
+        )
+        self._lora_init: checkpoints.LoraInit = prepared.lora_init
+        self._base = prepared.base
+        return prepared.model
 
     def batch_tensors(self, batch: Sequence[Any], packed: bool) -> dict[str, torch.Tensor]:
         """Model inputs for one optimizer step (see :func:`.training.batch_tensors`)."""
@@ -405,11 +361,7 @@ class HFStudent:
         CUDA's peak allocated memory on the student's device (its counter
         is reset by this call), absent on the CPU.
         """
-        perf = self._perf.take()
-        if self.device.type == "cuda":
-            perf["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-            torch.cuda.reset_peak_memory_stats(self.device)
-        return perf
+        return self._perf.take(self.device)
 
     def sync_evaluator(self) -> Path | None:
         """Hand changed weights to the vLLM evaluator (built if need be); returns the
@@ -501,27 +453,6 @@ class HFStudent:
             self.close()
 
 
-class _PerfCounters:
-    """Tokens and seconds of training and evaluation since the last :meth:`take`."""
-
-    def __init__(self) -> None:
-        self.tokens: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}
-
-    def add(self, phase: str, tokens: float, seconds: float) -> None:
-        self.tokens[phase] = self.tokens.get(phase, 0.0) + tokens
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
-
-    def take(self) -> dict[str, Any]:
-        rates = {
-            f"{phase}_tokens_per_s": self.tokens[phase] / seconds
-            for phase, seconds in self.seconds.items()
-            if seconds > 0
-        }
-        self.tokens, self.seconds = {}, {}
-        return rates
-
-
 #: ``student: hf``: a checkpoint to load, where, and :class:`HFStudent`'s options.
 PretrainedOptions = derive(
     "PretrainedOptions",
@@ -561,20 +492,7 @@ def hf_student_from_pretrained(
     target = resolve_device(device)
     torch_dtype = resolve_precision(dtype, target).storage(trained=not kwargs.get("lora"))
     kwargs = task_generation_defaults(task, kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer of {model!r} has no eos token; the student needs one")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    with torch.random.fork_rng(devices=[]):  # seeds any fresh heads without touching global state
-        torch.manual_seed(seed)
-        lm = AutoModelForCausalLM.from_pretrained(model, **{_dtype_kwarg(): torch_dtype})
+    tokenizer = load_tokenizer(model)
+    lm = load_causal_lm(model, torch_dtype, seed)
     kwargs.setdefault("base_checkpoint", model if Path(model).is_dir() else None)
     return HFStudent(lm, tokenizer, seed=seed, device=str(target), dtype=dtype, **kwargs)
-
-
-def _dtype_kwarg() -> str:
-    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56."""
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"

@@ -28,6 +28,12 @@ drops the output layer's half of the embedding gradient; SDPA attention under
 projection, so autograd sums both halves, as it does for the lone model) and
 attention is written out (the eager formula), which batches on CPU and GPU.
 
+The parts: :mod:`~teachgym.students.population_model` (the batched Llama:
+forward pass, greedy decoding, stacked batch rows) and
+:mod:`~teachgym.students.population_optim` (per-member clipping and AdamW);
+this module owns the members' state, the ``train``/``predict`` calls and
+checkpoints.
+
 Supported options are the tiny student's training and decoding options (see
 :data:`OPTIONS`); the population always packs rows (packing changes no loss,
 only the padding computed), trains in full precision, and has no LoRA, no
@@ -37,7 +43,6 @@ gradient accumulation and no vLLM backend.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,17 +57,17 @@ from teachgym.envs.tasks.base import TaskCapabilities
 from teachgym.students.decoding import GreedyDecoder, stop_token_ids
 from teachgym.students.encoding import Encoded, TextCodec
 from teachgym.students.options import Mode, resolve_device, task_generation_defaults
+from teachgym.students.population_model import (
+    EMBED,
+    HEAD,
+    StackedLlama,
+    check_stackable,
+    stack_batches,
+)
+from teachgym.students.population_optim import StackedAdamW
 from teachgym.students.tiny import tiny_llama
 from teachgym.students.tokenizer import build_char_tokenizer
-from teachgym.students.training import (
-    CLIP_NORM,
-    TrainSettings,
-    batch_orders,
-    batch_tensors,
-    data_order,
-    lr_at,
-    make_optimizer,
-)
+from teachgym.students.training import TrainSettings, batch_orders, data_order, lr_at
 from teachgym.types import Example, Problem
 
 __all__ = [
@@ -97,9 +102,6 @@ OPTIONS = frozenset(
     }
 )
 
-_EMBED = "model.embed_tokens.weight"
-_HEAD = "lm_head.weight"
-
 
 @dataclass
 class _MemberState:
@@ -121,25 +123,10 @@ class _Job:
     orders: list[list[int]]
     done: int
     total: int | None
+    #: The prompts and completions that the length limits cut while encoding.
+    truncated: Counter[str]
     loss_sum: float = 0.0
     tokens: int = 0
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama's RMSNorm (in float32) with one weight vector per member: x ``[M, T, d]``."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight[:, None, :] * xf.to(x.dtype)
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T`` per member: x ``[M, T, in]``, weight ``[M, out, in]``."""
-    return torch.bmm(x, weight.transpose(1, 2))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class PopulationStudent:
@@ -188,14 +175,7 @@ class PopulationStudent:
         max_prompt_tokens: int | None = None,
         max_completion_tokens: int | None = None,
     ) -> None:
-        if not models:
-            raise ValueError("a population needs at least one model")
-        if len(seeds) != len(models):
-            raise ValueError(f"{len(seeds)} seeds for {len(models)} models: give one per member")
-        if mode not in ("continual", "accumulate"):
-            raise ValueError(f"mode must be 'continual' or 'accumulate', got {mode!r}")
-        if packing not in (True, False, "auto"):
-            raise ValueError(f"packing must be true, false or 'auto', got {packing!r}")
+        self._check_arguments(models, seeds, mode, packing)
         self.settings = TrainSettings(
             lr=lr,
             epochs=epochs,
@@ -207,8 +187,7 @@ class PopulationStudent:
             grad_accum_steps=1,
             packing=True,
         )
-        config = models[0].config
-        self._check_shapes(models)
+        check_stackable(models)
         self.mode: Mode = mode
         self.device = resolve_device(device)
         self.tokenizer = tokenizer
@@ -216,44 +195,31 @@ class PopulationStudent:
         self.decoder = GreedyDecoder(
             self.codec, stop_token_ids(models[0], tokenizer), stop, max_new_tokens, eval_batch_size
         )
-        self.heads = int(config.num_attention_heads)
-        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
-        self.eps = float(config.rms_norm_eps)
-        self.layers = int(config.num_hidden_layers)
-        rope = getattr(config, "rope_parameters", None) or {}
-        theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim
-        self._inv_freq = (1.0 / (theta**exponents)).to(self.device)
         params, _ = torch.func.stack_module_state(list(models))
         # An untied model stacks its own output layer; a tied one reuses the embedding.
-        self._head = _HEAD if _HEAD in params else _EMBED
+        head = HEAD if HEAD in params else EMBED
+        self.model = StackedLlama(models[0].config, self.device, head)
         self.params = {k: v.detach().to(self.device).clone() for k, v in params.items()}
         self._base = {k: v.clone() for k, v in self.params.items()}
-        defaults = make_optimizer([torch.nn.Parameter(torch.zeros(1))], lr).defaults
-        self._betas: tuple[float, float] = tuple(defaults["betas"])  # type: ignore[assignment]
-        self._eps_adam = float(defaults["eps"])
-        self._weight_decay = float(defaults["weight_decay"])
-        self.exp_avg = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.optim = StackedAdamW(self.params, lr, self.device)
         self.states = [_MemberState(seed=int(s)) for s in seeds]
         self.horizon: int | None = None
         self.last_predict_info: dict[str, int] = {}
 
     @staticmethod
-    def _check_shapes(models: Sequence[LlamaForCausalLM]) -> None:
-        first = models[0].config
-        keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-        for model in models:
-            if model.config.model_type != "llama":
-                raise ValueError(f"population members must be Llama models, got {model.config}")
-            if getattr(model.config, "num_key_value_heads", None) not in (
-                None,
-                model.config.num_attention_heads,
-            ):
-                raise ValueError("population members must not group key/value heads")
-            diff = [k for k in keys if getattr(model.config, k) != getattr(first, k)]
-            if diff:
-                raise ValueError(f"population members differ in {diff}: stack only equal shapes")
+    def _check_arguments(
+        models: Sequence[LlamaForCausalLM], seeds: Sequence[int], mode: str, packing: bool | str
+    ) -> None:
+        """Refuse what no population can be built from: no models, a seed count that is not
+        one per model, an unknown mode or packing."""
+        if not models:
+            raise ValueError("a population needs at least one model")
+        if len(seeds) != len(models):
+            raise ValueError(f"{len(seeds)} seeds for {len(models)} models: give one per member")
+        if mode not in ("continual", "accumulate"):
+            raise ValueError(f"mode must be 'continual' or 'accumulate', got {mode!r}")
+        if packing not in (True, False, "auto"):
+            raise ValueError(f"packing must be true, false or 'auto', got {packing!r}")
 
     # -- members ------------------------------------------------------------------------
     @property
@@ -278,7 +244,7 @@ class PopulationStudent:
         included, equal to the embedding when tied): ``LlamaForCausalLM.load_state_dict``
         takes it."""
         state = {k: v[index].detach().clone() for k, v in self.params.items()}
-        state.setdefault(_HEAD, state[_EMBED])
+        state.setdefault(HEAD, state[EMBED])
         return state
 
     # -- the Student protocol, per member -------------------------------------------------
@@ -296,8 +262,7 @@ class PopulationStudent:
         where = torch.tensor(idx, device=self.device)
         for k, v in self.params.items():
             v.index_copy_(0, where, self._base[k].index_select(0, where))
-            self.exp_avg[k].index_fill_(0, where, 0.0)
-            self.exp_avg_sq[k].index_fill_(0, where, 0.0)
+        self.optim.clear(where)
         for i in idx:
             self.states[i] = _MemberState(seed=self.states[i].seed)
 
@@ -315,32 +280,48 @@ class PopulationStudent:
         members = self._indices(data)
         results: dict[int, dict[str, float]] = {}
         jobs: dict[int, _Job] = {}
-        truncated: dict[int, Counter[str]] = {}
         for i in members:
-            state = self.states[i]
-            state.calls += 1
-            if self.mode == "accumulate":
-                state.seen.extend(data[i])
-                self._restore_base(i)
-                examples = list(state.seen)
-            else:
-                examples = list(data[i])
-            if not examples:
+            job = self._job(i, data[i])
+            if job is None:
                 results[i] = {"loss": float("nan"), "steps": 0.0, "tokens": 0.0}
-                continue
-            truncated[i] = Counter()
-            encoded = self.codec.encode_examples(examples, truncated[i])
-            s = self.settings
-            orders = list(
-                batch_orders(
-                    len(encoded), s.batch_size, s.epochs, data_order(state.seed, state.calls)
-                )
-            )
-            if self.mode == "continual":
-                total = self.horizon * s.epochs if self.horizon else None
-                jobs[i] = _Job(encoded, orders, state.examples_done, total)
             else:
-                jobs[i] = _Job(encoded, orders, 0, len(encoded) * s.epochs)
+                jobs[i] = job
+        self._run(jobs)
+        for i, job in jobs.items():
+            if self.mode == "continual":
+                self.states[i].examples_done = job.done
+            results[i] = self._metrics(job)
+        return {i: results[i] for i in members}
+
+    def _job(self, index: int, examples: Sequence[Example]) -> _Job | None:
+        """Member ``index``'s share of a ``train`` call, as the lone student starts one:
+        the call counted, the data of its mode encoded (in accumulate mode, all data so
+        far, from the base weights), its batch order and schedule horizon. ``None``
+        when there is nothing to train on."""
+        state = self.states[index]
+        state.calls += 1
+        if self.mode == "accumulate":
+            state.seen.extend(examples)
+            self._restore_base(index)
+            examples = list(state.seen)
+        else:
+            examples = list(examples)
+        if not examples:
+            return None
+        truncated: Counter[str] = Counter()
+        encoded = self.codec.encode_examples(examples, truncated)
+        s = self.settings
+        orders = list(
+            batch_orders(len(encoded), s.batch_size, s.epochs, data_order(state.seed, state.calls))
+        )
+        if self.mode == "continual":
+            total = self.horizon * s.epochs if self.horizon else None
+            return _Job(encoded, orders, state.examples_done, total, truncated)
+        return _Job(encoded, orders, 0, len(encoded) * s.epochs, truncated)
+
+    def _run(self, jobs: Mapping[int, _Job]) -> None:
+        """The optimizer steps of ``jobs``, one batched step per step index: a member takes
+        part while it has batches left, at its own scheduled rate."""
         steps = max((len(j.orders) for j in jobs.values()), default=0)
         for step in range(steps):
             active = [i for i in jobs if step < len(jobs[i].orders)]
@@ -356,30 +337,25 @@ class PopulationStudent:
                 job.loss_sum += loss
                 job.done += len(batches[i])
                 job.tokens += sum(len(ids) for ids, _ in batches[i])
-        for i, job in jobs.items():
-            if self.mode == "continual":
-                self.states[i].examples_done = job.done
-            n = len(job.orders)
-            metrics = {
-                "loss": job.loss_sum / max(1, n),
-                "steps": float(n),
-                "tokens": float(job.tokens),
-            }
-            if (
-                self.codec.max_prompt_tokens is not None
-                or self.codec.max_completion_tokens is not None
-            ):
-                metrics["truncated_prompts"] = float(truncated[i]["truncated_prompts"])
-                metrics["truncated_completions"] = float(truncated[i]["truncated_completions"])
-            results[i] = metrics
-        return {i: results[i] for i in members}
+
+    def _metrics(self, job: _Job) -> dict[str, float]:
+        """A finished job's metrics, as the lone student's ``train`` returns them."""
+        n = len(job.orders)
+        metrics = {
+            "loss": job.loss_sum / max(1, n),
+            "steps": float(n),
+            "tokens": float(job.tokens),
+        }
+        if self.codec.max_prompt_tokens is not None or self.codec.max_completion_tokens is not None:
+            metrics["truncated_prompts"] = float(job.truncated["truncated_prompts"])
+            metrics["truncated_completions"] = float(job.truncated["truncated_completions"])
+        return metrics
 
     def _restore_base(self, index: int) -> None:
         """Member ``index`` from its base weights with a fresh optimizer (accumulate mode)."""
         for k, v in self.params.items():
             v[index] = self._base[k][index]
-            self.exp_avg[k][index] = 0.0
-            self.exp_avg_sq[k][index] = 0.0
+        self.optim.clear_member(index)
         self.states[index].opt_steps = 0
 
     @torch.no_grad()
@@ -398,104 +374,19 @@ class PopulationStudent:
             _, encoded = self.codec.encode_prompts(
                 prompts[start : start + size], truncated, check=False
             )
-            for j, chunk in enumerate(self._greedy(params, encoded)):
+            tokens = self.model.greedy(params, encoded, self.decoder, self.tokenizer)
+            for j, chunk in enumerate(tokens):
                 rows[j].extend(chunk)
         if self.codec.max_prompt_tokens is not None:
             self.last_predict_info = {"truncated_prompts": truncated["truncated_prompts"]}
         return [[self.decoder.decode(row) for row in member_rows] for member_rows in rows]
 
-    # -- the batched model ------------------------------------------------------------------
+    # -- the batched model's weights, loss and update -----------------------------------------
     def _subset(self, idx: list[int]) -> dict[str, torch.Tensor]:
         if idx == list(range(self.size)):
             return self.params
         where = torch.tensor(idx, device=self.device)
         return {k: v.index_select(0, where) for k, v in self.params.items()}
-
-    def _forward(
-        self,
-        params: Mapping[str, torch.Tensor],
-        ids: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Logits ``[M, R, W, V]`` of ``ids`` ``[M, R, W]``, and the new key/value cache.
-
-        ``positions`` ``[1 or M, R, W]``; ``mask`` additive ``[1 or M, R, 1, W, K]``
-        over the ``K`` keys (the cached ones first). The formulas are Llama's
-        (RMSNorm, rotary embeddings, eager attention, SwiGLU MLP, tied output).
-        """
-        m, r, w = ids.shape
-        heads, dh = self.heads, self.head_dim
-        embed = params[_EMBED]
-        x = embed[torch.arange(m, device=ids.device)[:, None], ids.reshape(m, -1)]
-        freqs = positions.float()[..., None] * self._inv_freq
-        angles = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]  # [., R, 1, W, dh]
-        scale = dh**-0.5
-        new_cache = []
-        for layer in range(self.layers):
-            pre = f"model.layers.{layer}."
-            h = _rms_norm(x, params[pre + "input_layernorm.weight"], self.eps)
-
-            def heads_of(name: str, h: torch.Tensor = h, pre: str = pre) -> torch.Tensor:
-                out = _linear(h, params[pre + f"self_attn.{name}_proj.weight"])
-                return out.view(m, r, w, heads, dh).transpose(2, 3)  # [M, R, H, W, dh]
-
-            q, k, v = heads_of("q"), heads_of("k"), heads_of("v")
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            if cache is not None:
-                k = torch.cat((cache[layer][0], k), dim=3)
-                v = torch.cat((cache[layer][1], v), dim=3)
-            new_cache.append((k, v))
-            scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            attn = torch.matmul(probs, v).transpose(2, 3).reshape(m, r * w, heads * dh)
-            x = x + _linear(attn, params[pre + "self_attn.o_proj.weight"])
-            h = _rms_norm(x, params[pre + "post_attention_layernorm.weight"], self.eps)
-            gate = _linear(h, params[pre + "mlp.gate_proj.weight"])
-            up = _linear(h, params[pre + "mlp.up_proj.weight"])
-            x = x + _linear(F.silu(gate) * up, params[pre + "mlp.down_proj.weight"])
-        x = _rms_norm(x, params["model.norm.weight"], self.eps)
-        logits = _linear(x, params[self._head])
-        return logits.view(m, r, w, -1), new_cache
-
-    def _stack_batches(
-        self, batches: Sequence[Sequence[Encoded]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each member's packed rows (exactly the lone student's) padded to one shape:
-        ids, labels, positions ``[M, R, W]`` and the additive mask ``[M, R, 1, W, W]``.
-        Padding rows and columns carry no label and are masked out as keys."""
-        dtype = self.params[_EMBED].dtype
-        parts = [
-            batch_tensors(
-                b,
-                True,
-                pad_token_id=self.tokenizer.pad_token_id,
-                pack_width=self.settings.pack_width,
-                dtype=dtype,
-            )
-            for b in batches
-        ]
-        rows = max(p["input_ids"].shape[0] for p in parts)
-        width = max(p["input_ids"].shape[1] for p in parts)
-        low = torch.finfo(dtype).min
-        ids, labels, positions, masks = [], [], [], []
-        for p in parts:
-            dr, dw = rows - p["input_ids"].shape[0], width - p["input_ids"].shape[1]
-            pad = self.tokenizer.pad_token_id
-            ids.append(F.pad(p["input_ids"], (0, dw, 0, dr), value=pad))
-            labels.append(F.pad(p["labels"], (0, dw, 0, dr), value=-100))
-            positions.append(F.pad(p["position_ids"], (0, dw, 0, dr), value=0))
-            masks.append(F.pad(p["attention_mask"], (0, dw, 0, dw, 0, 0, 0, dr), value=low))
-        dev = self.device
-        return (
-            torch.stack(ids).to(dev),
-            torch.stack(labels).to(dev),
-            torch.stack(positions).to(dev),
-            torch.stack(masks).to(dev),
-        )
 
     def _step(
         self, members: list[int], batches: Sequence[Sequence[Encoded]], rates: Sequence[float]
@@ -506,16 +397,22 @@ class PopulationStudent:
         loss's gradient is every member's own gradient. Then, per member, the
         gradient is clipped to :data:`~.training.CLIP_NORM` and AdamW (the
         formulas and hyper-parameters of :func:`~.training.make_optimizer`) steps
-        at the member's rate.
+        at the member's rate (:class:`~.population_optim.StackedAdamW`).
         """
-        ids, labels, positions, mask = self._stack_batches(batches)
+        ids, labels, positions, mask = stack_batches(
+            batches,
+            pad_token_id=self.tokenizer.pad_token_id,
+            pack_width=self.settings.pack_width,
+            dtype=self.params[EMBED].dtype,
+            device=self.device,
+        )
         full = members == list(range(self.size))
         where = torch.tensor(members, device=self.device)
         live = {
             k: (v if full else v.index_select(0, where)).detach().requires_grad_(True)
             for k, v in self.params.items()
         }
-        logits, _ = self._forward(live, ids, positions, mask)
+        logits, _ = self.model.forward(live, ids, positions, mask)
         m = len(members)
         targets = labels[:, :, 1:].reshape(m, -1)
         flat = logits[:, :, :-1].reshape(-1, logits.shape[-1]).float()
@@ -524,103 +421,13 @@ class PopulationStudent:
         losses = token_loss.view(m, -1).sum(1) / counts.clamp(min=1)
         names = list(live)
         grads = torch.autograd.grad(losses.sum(), [live[k] for k in names])
-        with torch.no_grad():
-            self._adamw(members, where, full, dict(zip(names, grads, strict=True)), rates)
+        steps = []
+        for i in members:
+            self.states[i].opt_steps += 1
+            steps.append(self.states[i].opt_steps)
+        grads_by_name = dict(zip(names, grads, strict=True))
+        self.optim.step(self.params, where, full, grads_by_name, rates, steps)
         return [float(x) for x in losses.detach()]
-
-    def _adamw(
-        self,
-        members: list[int],
-        where: torch.Tensor,
-        full: bool,
-        grads: dict[str, torch.Tensor],
-        rates: Sequence[float],
-    ) -> None:
-        """Per-member clipping and AdamW, in ``torch.optim.AdamW``'s formulas."""
-        m = len(members)
-        norms = torch.stack([g.reshape(m, -1).norm(dim=1) for g in grads.values()]).norm(dim=0)
-        coef = (CLIP_NORM / (norms + 1e-6)).clamp(max=1.0)
-        beta1, beta2 = self._betas
-        step_size, bc2_sqrt = [], []
-        for i, rate in zip(members, rates, strict=True):
-            state = self.states[i]
-            state.opt_steps += 1
-            t = state.opt_steps
-            step_size.append(rate / (1 - beta1**t))
-            bc2_sqrt.append(math.sqrt(1 - beta2**t))
-        dev = self.device
-        size_t = torch.tensor(step_size, dtype=torch.float32, device=dev)
-        bc2_t = torch.tensor(bc2_sqrt, dtype=torch.float32, device=dev)
-        decay = 1 - torch.tensor(rates, dtype=torch.float32, device=dev) * self._weight_decay
-        for k, g in grads.items():
-            shape = (m,) + (1,) * (g.dim() - 1)
-            g = g * coef.view(shape)
-            if full:
-                w, avg, avg_sq = self.params[k], self.exp_avg[k], self.exp_avg_sq[k]
-            else:
-                w = self.params[k].index_select(0, where)
-                avg = self.exp_avg[k].index_select(0, where)
-                avg_sq = self.exp_avg_sq[k].index_select(0, where)
-            if self._weight_decay:
-                w.mul_(decay.view(shape))
-            avg.lerp_(g, 1 - beta1)
-            avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (avg_sq.sqrt() / bc2_t.view(shape)).add_(self._eps_adam)
-            w.sub_(avg / denom * size_t.view(shape))
-            if not full:
-                self.params[k].index_copy_(0, where, w)
-                self.exp_avg[k].index_copy_(0, where, avg)
-                self.exp_avg_sq[k].index_copy_(0, where, avg_sq)
-
-    def _greedy(
-        self, params: Mapping[str, torch.Tensor], encoded: list[list[int]]
-    ) -> list[list[list[int]]]:
-        """Greedy token ids of one batch of prompts for every member of ``params``:
-        the lone :class:`~.decoding.GreedyDecoder`'s loop (left padding, a KV cache,
-        finished rows fed eos, stop ids and stop strings)."""
-        m = params[_EMBED].shape[0]
-        dev = self.device
-        b = len(encoded)
-        width = max(len(ids) for ids in encoded)
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        input_ids = torch.full((b, width), pad, dtype=torch.long)
-        attn = torch.zeros((b, width), dtype=torch.bool)
-        for r, ids in enumerate(encoded):
-            input_ids[r, width - len(ids) :] = torch.tensor(ids)
-            attn[r, width - len(ids) :] = True
-        input_ids, attn = input_ids.to(dev), attn.to(dev)
-        positions = (attn.long().cumsum(-1) - 1).clamp(min=0)
-        low = torch.finfo(self.params[_EMBED].dtype).min
-        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
-        allowed = causal[None] & attn[:, None, :]
-        mask = torch.zeros(b, width, width, device=dev).masked_fill_(~allowed, low)
-        logits, cache = self._forward(
-            params, input_ids.expand(m, b, width), positions[None], mask[None, :, None]
-        )
-        stop_ids = torch.tensor(self.decoder.stop_ids, device=dev)
-        done = torch.zeros(m, b, dtype=torch.bool, device=dev)
-        generated: list[torch.Tensor] = []
-        pos = positions[:, -1:]
-        for _ in range(self.decoder.max_new_tokens):
-            nxt = logits[:, :, -1].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-            generated.append(nxt)
-            done |= torch.isin(nxt, stop_ids)
-            if self.decoder.stop:
-                flat = [g.reshape(-1) for g in generated]
-                done |= self.decoder._stopped_by_string(flat, done.reshape(-1)).view(m, b)
-            if bool(done.all()) or len(generated) == self.decoder.max_new_tokens:
-                break
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            pos = pos + 1
-            step_mask = torch.zeros(b, 1, attn.shape[1], device=dev).masked_fill_(
-                ~attn[:, None, :], low
-            )
-            logits, cache = self._forward(
-                params, nxt[:, :, None], pos[None], step_mask[None, :, None], cache
-            )
-        tokens = torch.stack(generated, dim=2).tolist()  # [M, B, T]
-        return tokens
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_member(self, index: int, path: str | Path) -> None:
@@ -629,8 +436,8 @@ class PopulationStudent:
         path.mkdir(parents=True, exist_ok=True)
         tensors = {
             "params": {k: v[index].clone() for k, v in self.params.items()},
-            "exp_avg": {k: v[index].clone() for k, v in self.exp_avg.items()},
-            "exp_avg_sq": {k: v[index].clone() for k, v in self.exp_avg_sq.items()},
+            "exp_avg": {k: v[index].clone() for k, v in self.optim.exp_avg.items()},
+            "exp_avg_sq": {k: v[index].clone() for k, v in self.optim.exp_avg_sq.items()},
         }
         torch.save(tensors, path / "member.pt")
         state = self.states[index]
@@ -655,8 +462,8 @@ class PopulationStudent:
         tensors = torch.load(path / "member.pt", map_location=self.device, weights_only=True)
         for name, target in (
             ("params", self.params),
-            ("exp_avg", self.exp_avg),
-            ("exp_avg_sq", self.exp_avg_sq),
+            ("exp_avg", self.optim.exp_avg),
+            ("exp_avg_sq", self.optim.exp_avg_sq),
         ):
             for k, v in target.items():
                 v[index] = tensors[name][k]

