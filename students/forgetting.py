@@ -46,6 +46,12 @@ class HasTorchModel(Protocol):
     model: torch.nn.Module
 
 
+#: Members of the optional student protocols (``HasHorizon``, ``ScoresOwnShards``,
+#: ``Closable``, ``ReportsPerf``, the Ray proxy's ``BatchesEvaluation``) that the wrapper
+#: shows exactly when the wrapped student has them.
+CAPABILITIES = ("set_horizon", "predict_scored", "close", "take_perf", "eval_batch_size")
+
+
 class ForgettingStudent:
     """``student`` with a partial reset after every ``every``-th ``train`` call."""
 
@@ -62,6 +68,13 @@ class ForgettingStudent:
         self.fraction = float(fraction)
         self._initial = {k: v.detach().clone() for k, v in model.named_parameters()}
         self.trains = 0
+        # The wrapped student's optional capabilities, bound on the instance: from Python
+        # 3.12 on, isinstance() with a runtime Protocol looks attributes up statically and
+        # does not see what __getattr__ would forward, so a forgetting student would lose
+        # HasHorizon (the schedule's cool-down), ReportsPerf and the rest.
+        for name in CAPABILITIES:
+            if hasattr(student, name):
+                setattr(self, name, getattr(student, name))
 
     def train(self, examples: Sequence[Example]) -> dict[str, Any]:
         metrics = self.student.train(examples)

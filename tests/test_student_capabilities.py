@@ -3,6 +3,7 @@ probes: the Ray worker's report and call allow-list, and the forgetting wrapper'
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,20 @@ def test_forgetting_needs_a_student_with_a_torch_model() -> None:
         with_model.model.weight.add_(1.0)
     forgetting.train([])  # every train call forgets, all the way back
     assert all(torch.equal(v, start[k]) for k, v in with_model.model.state_dict().items())
+
+
+def test_the_forgetting_wrapper_shows_capabilities_to_a_static_lookup() -> None:
+    # Python 3.12's runtime Protocol checks use inspect.getattr_static, which does not
+    # see what __getattr__ forwards: the wrapper must hold the wrapped student's own.
+    tiny = tiny_student_for_task(TASK, seed=0, **SMALL)
+    wrapped = ForgettingStudent(tiny, every=2, fraction=0.5)
+    for name in ("set_horizon", "take_perf", "eval_batch_size"):
+        assert inspect.getattr_static(wrapped, name, None) is not None, name
+    assert inspect.getattr_static(wrapped, "eval_batch_size") == 7
+
+    class _PlainTorch(_PlainStudent):
+        model = torch.nn.Linear(2, 2)
+
+    plain = ForgettingStudent(_PlainTorch(), every=2, fraction=0.5)
+    for name in ("set_horizon", "take_perf", "close", "eval_batch_size"):
+        assert inspect.getattr_static(plain, name, None) is None, name
