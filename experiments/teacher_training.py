@@ -194,8 +194,8 @@ class _Progress(BaseCallback):
         self.returns = np.zeros(self.training_env.num_envs)
 
     def _on_step(self) -> bool:
-        rewards = self.locals["rewards"]
-        self.returns += np.asarray(rewards, dtype=np.float64)
+        # PPO sees the scaled rewards; the log shows the env's (the episode's accuracy gain).
+        self.returns += np.asarray(self.locals["rewards"], dtype=np.float64) / self.scale
         for i, (done, info) in enumerate(
             zip(self.locals["dones"], self.locals["infos"], strict=True)
         ):

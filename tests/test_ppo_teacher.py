@@ -42,11 +42,21 @@ SMALL: dict[str, Any] = {
     "budget": 60,
     "examples_per_step": 20,
     "threads": 1,
+    # A cost per example makes every reward non-zero even while the small student
+    # learns nothing, so the returns' scale is visible.
+    "cost_per_example": 1e-4,
 }
 
 
 def _training(**extra: Any) -> TeacherTrainingConfig:
-    base = {"experiment": "leaderboard", "overrides": SMALL, "num_envs": 2, "episodes": 2}
+    # A large reward scale: the logged returns must still be the env's accuracy gains.
+    base = {
+        "experiment": "leaderboard",
+        "overrides": SMALL,
+        "num_envs": 2,
+        "episodes": 2,
+        "reward_scale": 1000.0,
+    }
     return TeacherTrainingConfig.model_validate({**base, **extra})
 
 
@@ -124,6 +134,10 @@ def test_the_saved_teacher_records_its_training(trained: Path) -> None:
     rows = [json.loads(line) for line in (trained / "training.jsonl").read_text().splitlines()]
     assert [r["episode"] for r in rows] == [0, 1]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    # The return is the episode's val accuracy gain, not PPO's scaled reward.
+    assert all(-1.0 <= r["return"] <= 1.0 for r in rows)
+    assert any(r["return"] != 0.0 for r in rows)
+    assert all(abs(r["return"]) <= r["val_accuracy"] + 1e-6 for r in rows if r["return"] > 0)
 
 
 def test_teacher_path_acts_as_the_trained_policy(trained: Path) -> None:
