@@ -81,8 +81,10 @@ def feature_size(num_skills: int) -> int:
 def policy_weights(output: Any) -> np.ndarray:
     """A SkillList action (largest weight 1) from the policy's output.
 
-    >>> policy_weights([0.0, 0.5, -3.0]).round(3).tolist()
-    [0.368, 1.0, 0.018]
+    Outputs are clipped to [-1, 1] first, so -3.0 weighs as much as -1.0:
+
+    >>> [round(float(w), 3) for w in policy_weights([0.0, 0.5, -1.0, -3.0])]
+    [0.368, 1.0, 0.05, 0.05]
     """
     raw = np.clip(np.asarray(output, dtype=np.float64).reshape(-1), -1.0, 1.0)
     return to_action(np.exp(ACTION_SCALE * raw))
