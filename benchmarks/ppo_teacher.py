@@ -42,7 +42,9 @@ def main() -> None:
     teacher = str(Path(args.teacher).resolve())
     meta = json.loads((Path(teacher) / "teacher.json").read_text())
     config = resolve_config(load_config())
-    rows = compare_teachers(config, [*BASELINES, teacher], args.seeds, Path(args.out))
+    compare_teachers(config, [*BASELINES, teacher], args.seeds, Path(args.out))
+    # Every episode in --out, this call's and earlier ones' (the baselines shared with
+    # benchmarks/readme_numbers.py), as the leaderboard rows.
     rows = json.loads((Path(args.out) / "episodes.json").read_text())
 
     print(f"CPU: {cpu_name()}; torch {torch.__version__}; torch threads: {config.threads}\n")

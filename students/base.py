@@ -64,3 +64,12 @@ class ReportsPerf(Protocol):
     memory), which vary run to run and so go to ``perf.jsonl``, not ``steps.jsonl``."""
 
     def take_perf(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class BatchesEvaluation(Protocol):
+    """``eval_batch_size``: how many problems the student decodes in one batch. The proxy
+    cuts evaluation shards on these boundaries, so that every batch is one a single
+    worker would decode and sharded predictions equal one worker's."""
+
+    eval_batch_size: int

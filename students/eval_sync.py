@@ -11,7 +11,8 @@ through checkpoints, and deletes what it wrote on ``close``.
 
 The evaluator contract: ``predict(problems, adapter_dir)``, ``load_weights(dir)``,
 ``before_train()``/``after_train()``, ``state_dict()``/``load_state_dict()``,
-``close()``, and optionally an ``info`` dict with ``truncated_prompts``.
+``close()``, and optionally an ``info`` dict with ``truncated_prompts``
+(:class:`ReportsTruncation`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from teachgym.students.checkpoints import save_quietly
 from teachgym.students.vllm_eval import VLLMEvaluator
 from teachgym.types import Problem
+
+
+@runtime_checkable
+class ReportsTruncation(Protocol):
+    """``info``: the evaluator's counters, of which ``truncated_prompts`` (prompts cut
+    to fit the engine's context) is added to the step's truncation count."""
+
+    info: Mapping[str, Any]
+
 
 #: How many of the weights/adapter directories written for the evaluator are kept.
 KEEP_EVAL_DIRS = 2
@@ -136,9 +146,8 @@ class EvaluatorSync:
         evaluator = self.ensure(student)
         adapter = self.sync(student)
         out = list(evaluator.predict(problems, adapter))
-        truncated["truncated_prompts"] += int(
-            getattr(evaluator, "info", {}).get("truncated_prompts", 0)
-        )
+        if isinstance(evaluator, ReportsTruncation):
+            truncated["truncated_prompts"] += int(evaluator.info.get("truncated_prompts", 0))
         return out
 
     def state_dict(self) -> dict[str, Any] | None:

@@ -31,6 +31,13 @@ import torch
 from pydantic import Field
 
 from teachgym.options import derive, takes
+from teachgym.students.base import (
+    BatchesEvaluation,
+    Closable,
+    HasHorizon,
+    ReportsPerf,
+    ScoresOwnShards,
+)
 from teachgym.students.tiny import TinyOptions, tiny_student_for_task
 from teachgym.types import Example
 
@@ -46,10 +53,15 @@ class HasTorchModel(Protocol):
     model: torch.nn.Module
 
 
-#: Members of the optional student protocols (``HasHorizon``, ``ScoresOwnShards``,
-#: ``Closable``, ``ReportsPerf``, the Ray proxy's ``BatchesEvaluation``) that the wrapper
-#: shows exactly when the wrapped student has them.
-CAPABILITIES = ("set_horizon", "predict_scored", "close", "take_perf", "eval_batch_size")
+#: The optional student protocols, with their members, that the wrapper shows exactly
+#: when the wrapped student offers them.
+CAPABILITIES: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (HasHorizon, ("set_horizon",)),
+    (ScoresOwnShards, ("predict_scored",)),
+    (Closable, ("close",)),
+    (ReportsPerf, ("take_perf",)),
+    (BatchesEvaluation, ("eval_batch_size",)),
+)
 
 
 class ForgettingStudent:
@@ -72,9 +84,10 @@ class ForgettingStudent:
         # 3.12 on, isinstance() with a runtime Protocol looks attributes up statically and
         # does not see what __getattr__ would forward, so a forgetting student would lose
         # HasHorizon (the schedule's cool-down), ReportsPerf and the rest.
-        for name in CAPABILITIES:
-            if hasattr(student, name):
-                setattr(self, name, getattr(student, name))
+        for protocol, members in CAPABILITIES:
+            if isinstance(student, protocol):
+                for name in members:
+                    setattr(self, name, getattr(student, name))
 
     def train(self, examples: Sequence[Example]) -> dict[str, Any]:
         metrics = self.student.train(examples)

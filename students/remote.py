@@ -25,13 +25,13 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from teachgym.envs.evaluation import score_outputs
 from teachgym.envs.tasks.base import TaskCapabilities
-from teachgym.students.base import HasHorizon
+from teachgym.students.base import BatchesEvaluation, HasHorizon
 from teachgym.types import Example, Problem
 
 __all__ = [
@@ -49,15 +49,6 @@ _TORCH_RNG = "worker_torch_rng.pt"
 #: procedure call by name): the worker refuses any other name, so an actor runs only
 #: what the ``Student`` protocol and its horizon hook define.
 WORKER_CALLS = frozenset({"train", "reset", "set_horizon"})
-
-
-@runtime_checkable
-class BatchesEvaluation(Protocol):
-    """``eval_batch_size``: how many problems the student decodes in one batch. The proxy
-    cuts evaluation shards on these boundaries, so that every batch is one a single
-    worker would decode and sharded predictions equal one worker's."""
-
-    eval_batch_size: int
 
 
 def pack_dir(path: Path) -> bytes:

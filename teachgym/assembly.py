@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from teachgym import registry
+from teachgym.agents.generators.base import Generator
 from teachgym.agents.generators.remote import GeneratorProxy, GeneratorWorker
 from teachgym.agents.llm import LLMClient, make_client
 from teachgym.agents.policies.view import TeacherView
@@ -158,13 +159,19 @@ def build_student(config: ExperimentConfig, task: Task) -> Any:
 
 def build_generator(config: ExperimentConfig, task: Task, clients: Clients | None = None) -> Any:
     _require(config, "generator", TaskCapabilities.of(task))
-    return registry.build(
+    generator = registry.build(
         "generator",
         config.generator,
         task=task,
         seed=config.seed,
         **component_kwargs(config, "generator", clients),
     )
+    if not isinstance(generator, Generator):
+        raise ConfigError(
+            f"generator {config.generator!r} built a {type(generator).__name__}, which lacks "
+            f"the Generator protocol's `name` or `generate(plan, context)`"
+        )
+    return generator
 
 
 def build_parts(

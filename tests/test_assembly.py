@@ -12,6 +12,7 @@ from teachgym import assembly
 from teachgym.agents.skill_discovery import SkillDiscoverer
 from teachgym.config import build_config
 from teachgym.envs.tasks.base import TaskCapabilityError
+from teachgym.errors import ConfigError
 
 
 class CountingEngine:
@@ -132,3 +133,24 @@ def test_callbacks_get_the_episode_handle_through_wrappers(fast) -> None:
     other = Callback()
     run_episode(Countdown(), Echo(), [other])
     assert other.episode is None  # not a teachgym env: no handle
+
+
+def test_a_generator_without_the_protocols_name_is_refused_when_built(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Ray generator worker reports ``generator.name`` without a fallback: the
+    # assembly checks the Generator protocol once, so a nameless one fails here, clearly.
+    (tmp_path / "nameless_gen.py").write_text(
+        "class Nameless:\n"
+        "    def __init__(self, task, seed=0):\n"
+        "        self.task = task\n"
+        "    def generate(self, plan, context):\n"
+        "        return [], {}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = build_config({"generator": "nameless_gen:Nameless"})
+    task = assembly.build_task(config)
+    with pytest.raises(ConfigError, match="lacks the Generator protocol's `name`"):
+        assembly.build_generator(config, task)
+    named = build_config({})
+    assert assembly.build_generator(named, task).name == "procedural"

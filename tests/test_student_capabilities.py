@@ -116,3 +116,30 @@ def test_the_forgetting_wrapper_shows_capabilities_to_a_static_lookup() -> None:
     plain = ForgettingStudent(_PlainTorch(), every=2, fraction=0.5)
     for name in ("set_horizon", "take_perf", "close", "eval_batch_size"):
         assert inspect.getattr_static(plain, name, None) is None, name
+
+
+class _Evaluator:
+    """An evaluator stand-in: echoes, and optionally counts prompts it cut."""
+
+    def __init__(self, info: dict[str, int] | None) -> None:
+        if info is not None:
+            self.info = info
+
+    def predict(self, problems: Sequence[Problem], adapter: Any) -> list[str]:
+        return [p.prompt for p in problems]
+
+
+def test_evaluator_truncation_is_read_through_its_protocol() -> None:
+    from collections import Counter
+
+    from teachgym.students.eval_sync import EvaluatorSync, ReportsTruncation
+
+    problems = TASK.problems("val")[:3]
+    for info, want in (({"truncated_prompts": 2}, 2), (None, 0)):
+        evaluator = _Evaluator(info)
+        assert isinstance(evaluator, ReportsTruncation) is (info is not None)
+        sync = EvaluatorSync(factory=lambda student, e=evaluator: e)
+        sync.sync = lambda student: None  # type: ignore[method-assign]  # no weights to write
+        counts: Counter[str] = Counter()
+        assert sync.predict(object(), problems, counts) == [p.prompt for p in problems]
+        assert counts["truncated_prompts"] == want

@@ -49,7 +49,7 @@ class GeneratorWorker:
         return {
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
-            "name": getattr(self.generator, "name", type(self.generator).__name__),
+            "name": self.generator.name,
             "has_take_stats": isinstance(self.generator, ReportsStats),
             "shortfall_reasons": sorted(
                 self.generator.shortfall_reasons
