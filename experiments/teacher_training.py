@@ -191,7 +191,10 @@ class _Progress(BaseCallback):
         self.rows = (out / "training.jsonl").open("w")
 
     def _on_training_start(self) -> None:
-        self.returns = np.zeros(self.training_env.num_envs)
+        # Called by every ``learn`` (one per rollout): an episode's return runs on across
+        # rollouts, so it is set up once.
+        if self.returns.size != self.training_env.num_envs:
+            self.returns = np.zeros(self.training_env.num_envs)
 
     def _on_step(self) -> bool:
         # PPO sees the scaled rewards; the log shows the env's (the episode's accuracy gain).
@@ -231,7 +234,7 @@ class _Progress(BaseCallback):
         }
         save_teacher(self.out, self.model, self.skills, info)
 
-    def _on_training_end(self) -> None:
+    def close(self) -> None:
         self.rows.close()
 
 
@@ -244,15 +247,17 @@ def train_teacher(
 ) -> Path:
     """Train the PPO teacher ``config`` describes; the saved teacher's directory.
 
-    PPO collects ``num_envs * steps_per_episode`` transitions per rollout (one
-    episode of every sub-env), and trains until ``episodes`` episodes are done
-    (rounded up to whole rollouts).
+    PPO collects ``num_envs * steps_per_episode`` transitions per rollout (an
+    episode of every sub-env when each spends its budget in that many steps), and
+    trains rollout after rollout until ``episodes`` episodes are done (rounded up to
+    whole rollouts). An episode whose steps train on fewer examples than asked (a skill's
+    examples run out, duplicates are dropped) lasts longer, so the rollouts are counted
+    by the episodes they finish, not fixed in advance.
     """
     experiment = config.experiment_config()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps = steps_per_episode(experiment)
-    rollouts = math.ceil(config.episodes / config.num_envs)
     venv = gym.make_vec(
         experiment.env,
         num_envs=config.num_envs,
@@ -287,12 +292,21 @@ def train_teacher(
     }
     progress = _Progress(out, skills, meta, log, config)
     log(
-        f"train-teacher: {rollouts} rollouts of {config.num_envs} episodes x {steps} steps "
-        f"on {experiment.env} ({experiment.budget} examples each) -> {out}"
+        f"train-teacher: {progress.episodes} episodes, {config.num_envs} at once, in rollouts "
+        f"of {steps} steps each on {experiment.env} ({experiment.budget} examples an episode) "
+        f"-> {out}"
     )
     try:
-        model.learn(total_timesteps=rollouts * n_steps * config.num_envs, callback=progress)
+        first = True
+        while progress.done < progress.episodes:  # every episode ends within max_steps
+            model.learn(
+                total_timesteps=n_steps * config.num_envs,
+                callback=progress,
+                reset_num_timesteps=first,
+            )
+            first = False
         progress.save(complete=True)
     finally:
+        progress.close()
         env.close()
     return out

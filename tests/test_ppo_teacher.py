@@ -201,3 +201,35 @@ def test_the_packaged_config_loads() -> None:
     experiment = config.experiment_config()
     assert experiment.student == "tiny" and experiment.budget == 24000
     assert experiment.seed == config.seed
+
+
+def test_training_runs_rollouts_until_the_episodes_are_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Episodes can outlast the budget's step count (a step trains on fewer examples than
+    # asked when duplicates are dropped); here a rollout is one step and an episode three,
+    # so a fixed number of rollouts would end before any episode finished.
+    import teachgym.experiments.teacher_training as training
+
+    monkeypatch.setattr(training, "steps_per_episode", lambda config: 1)
+    env_rewards: list[np.ndarray] = []  # what the env returned, before PPO's scaling
+    wait = training.FeatureVecEnv.step_wait
+
+    def recording(self: Any) -> Any:
+        out = wait(self)
+        env_rewards.append(np.array(out[1], dtype=np.float64))
+        return out
+
+    monkeypatch.setattr(training.FeatureVecEnv, "step_wait", recording)
+    lines: list[str] = []
+    train_teacher(_training(), tmp_path, log=lines.append)
+    meta = json.loads((tmp_path / "teacher.json").read_text())
+    assert meta["complete"] is True and meta["episodes_done"] == 2
+    assert meta["timesteps"] == 2 * 3  # three one-step rollouts of two sub-envs
+    rows = [json.loads(r) for r in (tmp_path / "training.jsonl").read_text().splitlines()]
+    assert [r["episode"] for r in rows] == [0, 1]
+    # Both sub-envs end together after three steps: a return is its sub-env's three
+    # rewards, summed across the rollouts it spanned.
+    assert len(env_rewards) == 3
+    want = sorted(np.sum(env_rewards, axis=0).tolist())
+    assert sorted(r["return"] for r in rows) == pytest.approx(want, abs=1e-6)
