@@ -1,6 +1,8 @@
 """A sweep's reports: ``episodes.json``, ``leaderboard.json``, ``paired.json``,
-``comparison.png`` and ``sweep.json`` (what finished, what failed, what a stopped
-driver interrupted), and the leaderboard's and paired comparison's tables.
+``comparison.png``, ``grid.json``/``grid.md`` (teachers x grid points, when a grid
+point holds several teachers: :mod:`~teachgym.experiments.grid_report`) and
+``sweep.json`` (what finished, what failed, what a stopped driver interrupted), and
+the leaderboard's and paired comparison's tables.
 
 The sweep (:mod:`teachgym.experiments.sweep`) runs the trials; this module
 reads what their run directories hold.
@@ -22,6 +24,7 @@ from rich.table import Table
 
 from teachgym.errors import RunError
 from teachgym.experiments import plots
+from teachgym.experiments.grid_report import grid_markdown, grid_report, grid_table
 from teachgym.experiments.rundir import ATTEMPTS, FAILURES, STEPS, RunDir, read_jsonl
 from teachgym.experiments.stats import examples_to_target, leaderboard, paired_differences
 
@@ -43,10 +46,18 @@ class TrialRef(Protocol):
     @property
     def dirname(self) -> str: ...
 
+    @property
+    def teacher(self) -> str: ...
+
+    @property
+    def point(self) -> str: ...
+
 
 def _episode_row(trial: TrialRef, summary: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "teacher": trial.label,
+        "teacher_name": trial.teacher or trial.label,
+        "point": trial.point,
         "seed": trial.seed,
         "aulc": summary["aulc"],
         "final_test_accuracy": summary["final_test_accuracy"],
@@ -103,7 +114,8 @@ def write_reports(
     metric: str = "aulc",
     target: float = 0.9,
 ) -> list[dict[str, Any]]:
-    """``episodes.json``, ``leaderboard.json``, ``paired.json``, ``comparison.png``, ``sweep.json``.
+    """``episodes.json``, ``leaderboard.json``, ``paired.json``, ``comparison.png``, ``sweep.json``
+    and, for a grid whose points hold several teachers, ``grid.json`` and ``grid.md``.
 
     The leaderboard is ranked by ``metric`` and the paired table compares the
     leader with each other label by it. Trials that did not finish are left
@@ -135,8 +147,15 @@ def write_reports(
     (out / "leaderboard.json").write_text(json.dumps(_strict(board), indent=2))
     (out / "paired.json").write_text(json.dumps(_strict(paired), indent=2))
     plots.plot_comparison(found.curves, out / "comparison.png", examples=found.spent)
+    grid = grid_report(found.rows, metric)
+    if grid is not None:
+        (out / "grid.json").write_text(json.dumps(_strict(grid), indent=2))
+        (out / "grid.md").write_text(grid_markdown(grid))
     if console is not None:
         _print_summary(console, out, board, paired, found.status, metric, target, driver_stops)
+        if grid is not None:
+            console.print(grid_table(grid))
+            console.print(f"by grid point -> {escape(str(out / 'grid.md'))}", highlight=False)
     return board
 
 

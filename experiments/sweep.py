@@ -115,6 +115,10 @@ class Trial:
     label: str
     seed: int
     config: ExperimentConfig
+    #: The teacher's name alone, and the grid point's values as text (``""`` without a
+    #: grid): what the by-point leaderboard groups by (:mod:`~.grid_report`).
+    teacher: str = ""
+    point: str = ""
 
     @property
     def dirname(self) -> str:
@@ -198,9 +202,8 @@ def plan_trials(
     for teacher in teachers:
         for values in itertools.product(*(grid[k] for k in keys)):
             point = dict(zip(keys, values, strict=True))
-            label = teacher
-            if point:
-                label += "[" + ",".join(f"{k}={v}" for k, v in point.items()) + "]"
+            values_text = ",".join(f"{k}={v}" for k, v in point.items())
+            label = f"{teacher}[{values_text}]" if point else teacher
             for seed in range(seeds):
                 cfg = build_config(config, {**point, "teacher": teacher, "seed": seed})
                 if seed == 0:  # seeds differ only by seed: check each (teacher, point) once
@@ -208,7 +211,7 @@ def plan_trials(
                         assembly.check_config(cfg)
                     except ConfigError as err:
                         raise ConfigError(f"trial {label}: {err}") from None
-                trials.append(Trial(label, seed, resolve_config(cfg)))
+                trials.append(Trial(label, seed, resolve_config(cfg), teacher, values_text))
     return trials
 
 

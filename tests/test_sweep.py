@@ -98,6 +98,33 @@ def test_compare_sweeps_a_teacher_hyper_parameter(tmp_path, capsys):
     assert first_steps[0] != first_steps[1]
     spec = (out / "sweep.yaml").read_text()
     assert "teacher_kwargs.gate" in spec
+    assert not (out / "grid.md").exists()  # one teacher per point: nothing to compare within
+
+
+def test_a_grid_over_profiles_compares_teachers_within_each_profile(tmp_path, capsys):
+    out = tmp_path / "profiles"
+    # Two skills of which the tiny student learns a little in 600 examples: AULCs that differ.
+    config = [str(SMOKE), "budget=600", "task_kwargs.skills=[cmp/3d,add/no_carry]"]
+    args = ["compare", *config, "--teachers", "random,uniform", "--seeds", "2"]
+    code = main([*args, "--grid", "profile=default,hidden", "--out", str(out)])
+    assert code == 0
+    rows = json.loads((out / "episodes.json").read_text())
+    grid = json.loads((out / "grid.json").read_text())
+    assert [p["point"] for p in grid["points"]] == ["profile=default", "profile=hidden"]
+    for point in grid["points"]:
+        assert point["reference"] == "uniform"
+        [cell] = [c for c in point["cells"] if c["teacher"] == "random"]
+        aulc = {
+            (r["teacher_name"], r["seed"]): r["aulc"] for r in rows if r["point"] == point["point"]
+        }
+        # The gain is paired within the profile: random minus uniform, seed by seed.
+        gains = [aulc[("random", s)] - aulc[("uniform", s)] for s in (0, 1)]
+        assert cell["gain_mean"] == pytest.approx(sum(gains) / 2)
+        assert cell["better"] == sum(g > 0 for g in gains) and cell["paired_seeds"] == 2
+    assert any(r["aulc"] != rows[0]["aulc"] for r in rows)  # the pairing is not vacuous
+    table = (out / "grid.md").read_text()
+    assert table.startswith("| teacher | profile=default | profile=hidden |")
+    assert "by grid point" in capsys.readouterr().out
 
 
 def test_sweep_without_ray_is_a_clear_error(monkeypatch, tmp_path, capsys):
