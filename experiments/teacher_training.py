@@ -250,9 +250,10 @@ def train_teacher(
     PPO collects ``num_envs * steps_per_episode`` transitions per rollout (an
     episode of every sub-env when each spends its budget in that many steps), and
     trains rollout after rollout until ``episodes`` episodes are done (rounded up to
-    whole rollouts). An episode whose steps train on fewer examples than asked (a skill's
-    examples run out, duplicates are dropped) lasts longer, so the rollouts are counted
-    by the episodes they finish, not fixed in advance.
+    whole rollouts). An episode whose steps train on fewer examples than asked (a skill
+    has fewer distinct problems than the step asks of it, or duplicates are dropped)
+    lasts longer, so the rollouts are counted by the episodes they finish, not fixed in
+    advance.
     """
     experiment = config.experiment_config()
     out = Path(out)
