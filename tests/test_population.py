@@ -128,3 +128,23 @@ def test_bad_options_and_members_are_refused():
     pop = make_tiny_population(TASK.alphabet, [0, 1], **SMALL)
     with pytest.raises(ValueError, match="distinct indices"):
         pop.predict(TASK.problems("val")[:2], [0, 2])
+
+
+@pytest.mark.slow
+def test_sensitivity_benchmark_prints_its_table(capsys):
+    """benchmarks/sensitivity.py at two short calls: the nudge lands after the first call,
+    and before it the member equals the lone student up to rounding."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "sensitivity.py"
+    spec = importlib.util.spec_from_file_location("sensitivity_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--calls", "2", "--examples", "140"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 ")]
+    [first] = rows
+    nudged, member = (cell.strip() for cell in first.strip("|").split("|")[2:4])
+    assert nudged == "+0.00e+00, 0.0e+00"  # not nudged yet
+    assert float(member.split(", ")[1]) < 1e-5  # rounding only
