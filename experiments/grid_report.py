@@ -22,7 +22,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from teachgym.experiments.stats import METRICS, leaderboard, mean_ci95
+from teachgym.experiments.stats import METRICS, leaderboard, mean_ci95, metric_key
 
 __all__ = ["BASELINE", "grid_markdown", "grid_report", "grid_table"]
 
@@ -68,6 +68,8 @@ def grid_report(
     for point, group in by_point.items():
         named = [{**r, "teacher": r["teacher_name"]} for r in group]
         board = leaderboard(named, metric)
+        mean_key = metric_key(metric, board)
+        ci_key = mean_key.removesuffix("_mean") + "_ci95"
         names = [b["teacher"] for b in board]
         reference = baseline if baseline in names else names[0]
         ref = {r["seed"]: float(r[field]) for r in named if r["teacher"] == reference}
@@ -79,8 +81,8 @@ def grid_report(
             cells.append(
                 {
                     "teacher": b["teacher"],
-                    "mean": _metric_stat(b, metric, "mean"),
-                    "ci95": _metric_stat(b, metric, "ci95"),
+                    "mean": float(b[mean_key]),
+                    "ci95": float(b[ci_key]),
                     "seeds": b["seeds"],
                     "gain_mean": gain,
                     "gain_ci95": gain_ci,
@@ -90,12 +92,6 @@ def grid_report(
             )
         points.append({"point": point, "reference": reference, "cells": cells})
     return {"metric": metric, "baseline": baseline, "points": points}
-
-
-def _metric_stat(board_row: Mapping[str, Any], metric: str, stat: str) -> float:
-    """A leaderboard row's ``mean`` or ``ci95`` of ``metric``."""
-    key = {"aulc": "aulc", "final_test": "final_test"}.get(metric, "examples_to_target")
-    return float(board_row[f"{key}_{stat}"])
 
 
 def _teachers(report: Mapping[str, Any]) -> list[str]:

@@ -22,6 +22,7 @@ __all__ = [
     "format_leaderboard",
     "leaderboard",
     "mean_ci95",
+    "metric_key",
     "paired_differences",
     "t_quantile_975",
 ]
@@ -184,7 +185,7 @@ def leaderboard(rows: Sequence[Mapping[str, Any]], metric: str = "aulc") -> list
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     board = [_board_row(teacher, episodes) for teacher, episodes in groups.items()]
-    key = _metric_key(metric, board)
+    key = metric_key(metric, board)
     sign = -1.0 if METRICS[metric][1] else 1.0
     board.sort(key=lambda r: (sign * r[key], r["teacher"]))
     return board
@@ -232,7 +233,8 @@ def _board_row(teacher: str, episodes: Sequence[Mapping[str, Any]]) -> dict[str,
     return row
 
 
-def _metric_key(metric: str, board: Sequence[Mapping[str, Any]]) -> str:
+def metric_key(metric: str, board: Sequence[Mapping[str, Any]]) -> str:
+    """The leaderboard rows' key of ``metric``'s mean (``..._mean``; ``..._ci95`` beside it)."""
     key = {"aulc": "aulc_mean", "final_test": "final_test_mean"}.get(
         metric, "examples_to_target_mean"
     )
