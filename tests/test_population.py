@@ -148,3 +148,21 @@ def test_sensitivity_benchmark_prints_its_table(capsys):
     nudged, member = (cell.strip() for cell in first.strip("|").split("|")[2:4])
     assert nudged == "+0.00e+00, 0.0e+00"  # not nudged yet
     assert float(member.split(", ")[1]) < 1e-5  # rounding only
+
+
+def test_roofline_benchmark_counts_every_member(capsys):
+    """benchmarks/cpu_roofline.py --small: the population's counted FLOPs are N lone
+    calls' (plus its eager attention), and the bound follows from what was measured."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "cpu_roofline.py"
+    spec = importlib.util.spec_from_file_location("roofline_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    got = bench.main(["--small", "--n", "3", "--repeats", "1", "--threads", "1"])
+    assert 3 * got["lone_flops"] <= got["pop_flops"] <= 1.3 * 3 * got["lone_flops"]
+    assert got["lone_s"] > 0 and got["pop_s"] > 0 and got["episode_s"] > 0
+    out = capsys.readouterr().out
+    assert f"{got['bound']:.2f}x" in out and "of peak" in out
