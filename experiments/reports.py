@@ -118,7 +118,8 @@ def write_reports(
     and, for a grid whose points hold several teachers, ``grid.json`` and ``grid.md``.
 
     The leaderboard is ranked by ``metric`` and the paired table compares the
-    leader with each other label by it. Trials that did not finish are left
+    leader with each other label by it (within each grid point when the points
+    hold several teachers: see :func:`_paired`). Trials that did not finish are left
     out of the leaderboard and listed in ``sweep.json`` with their failures;
     every trial's failures are listed, retried ones included, and the
     attempts that a stopped driver interrupted are counted apart.
@@ -142,8 +143,7 @@ def write_reports(
     if not found.rows:
         raise RunError(f"no trial of the sweep in {str(out)!r} finished; see sweep.json")
     board = leaderboard(found.rows, metric)
-    # The leader against each other label, seed by seed (same seed = same initial student).
-    paired = paired_differences(found.rows, board[0]["teacher"], metric)
+    paired = _paired(found.rows, board, metric)
     (out / "leaderboard.json").write_text(json.dumps(_strict(board), indent=2))
     (out / "paired.json").write_text(json.dumps(_strict(paired), indent=2))
     plots.plot_comparison(found.curves, out / "comparison.png", examples=found.spent)
@@ -157,6 +157,28 @@ def write_reports(
             console.print(grid_table(grid))
             console.print(f"by grid point -> {escape(str(out / 'grid.md'))}", highlight=False)
     return board
+
+
+def _paired(
+    rows: Sequence[Mapping[str, Any]], board: Sequence[Mapping[str, Any]], metric: str
+) -> list[dict[str, Any]]:
+    """The leader against each other label, seed by seed (same seed = same initial student).
+
+    Where grid points hold several teachers, each point is its own experiment (a stress
+    profile, a budget), so two labels at different points ran different episodes from
+    the same seed and are not a pair: each point's leader is paired with the other
+    teachers at that point only. A grid over one teacher's options (one teacher per
+    point) changes only the teacher, and its labels are paired across points.
+    """
+    points: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        points.setdefault(str(row.get("point", "")), []).append(row)
+    if not any(len({r["teacher"] for r in group}) > 1 for group in points.values()):
+        return paired_differences(rows, board[0]["teacher"], metric)
+    paired: list[dict[str, Any]] = []
+    for group in points.values():
+        paired += paired_differences(group, leaderboard(group, metric)[0]["teacher"], metric)
+    return paired
 
 
 @dataclass
@@ -278,20 +300,25 @@ def leaderboard_table(
 
 
 def paired_table(paired: list[dict[str, Any]], metric: str = "aulc", target: float = 0.9) -> Table:
-    leader = paired[0]["reference"]
+    """The paired differences as a table: one leader's title, or (pairs within grid
+    points) a ``reference`` column naming each point's leader."""
+    references = list(dict.fromkeys(r["reference"] for r in paired))
     ranked = _METRIC_TITLES[metric].format(target=target)
+    leader = escape(references[0]) if len(references) == 1 else "each grid point's leader"
     table = Table(
-        title=f"{escape(leader)} minus each teacher, paired by seed (mean ± 95% CI); "
-        f"wins by {ranked}"
+        title=f"{leader} minus each teacher, paired by seed (mean ± 95% CI); wins by {ranked}"
     )
     columns = ["teacher", "Δ AULC", "Δ final test acc"]
+    if len(references) > 1:
+        columns.insert(0, "reference")
     if metric == "examples_to_target":
         columns.append(f"Δ examples to {target:g}")
     columns.append("wins")
     for col in columns:
         table.add_column(col, justify="left" if col == "teacher" else "right")
     for r in paired:
-        cells = [
+        cells = [escape(r["reference"])] if len(references) > 1 else []
+        cells += [
             escape(r["teacher"]),
             _fmt(r["aulc_diff_mean"], r["aulc_diff_ci95"], signed=True),
             _fmt(r["final_test_diff_mean"], r["final_test_diff_ci95"], signed=True),

@@ -122,6 +122,13 @@ def test_a_grid_over_profiles_compares_teachers_within_each_profile(tmp_path, ca
         assert cell["gain_mean"] == pytest.approx(sum(gains) / 2)
         assert cell["better"] == sum(g > 0 for g in gains) and cell["paired_seeds"] == 2
     assert any(r["aulc"] != rows[0]["aulc"] for r in rows)  # the pairing is not vacuous
+    # paired.json pairs within each profile too: each point's leader against the other.
+    paired = json.loads((out / "paired.json").read_text())
+    assert len(paired) == 2
+    for pair in paired:
+        point = pair["reference"].split("[")[1]
+        assert pair["teacher"].endswith("[" + point)
+        assert pair["teacher"].split("[")[0] != pair["reference"].split("[")[0]
     table = (out / "grid.md").read_text()
     assert table.startswith("| teacher | profile=default | profile=hidden |")
     assert "by grid point" in capsys.readouterr().out
