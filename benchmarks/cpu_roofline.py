@@ -104,10 +104,12 @@ def counted_and_timed(build: Callable[[], Any], train: Callable[[Any], Any]) -> 
     return float(counter.get_total_flops()), time.perf_counter() - t0
 
 
-def lone_episode(config: ExperimentConfig, task: Any) -> tuple[float, int]:
+def lone_episode(
+    config: ExperimentConfig, task: Any, student_kwargs: dict[str, Any]
+) -> tuple[float, int]:
     """Seconds of one lone episode with even weights, and the examples it trained on."""
     t0 = time.perf_counter()
-    student = tiny_student_for_task(task, seed=config.seed, **config.student_kwargs)
+    student = tiny_student_for_task(task, seed=config.seed, **student_kwargs)
     env = make_env(config.env, config, task=task, student=student)
     env.reset(seed=config.seed)
     action = np.ones(len(env.skills), dtype=np.float32)  # type: ignore[attr-defined]
@@ -135,19 +137,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config = load_config(None, overrides)
     set_torch_threads(config.threads)
     task = build_task(config)
+    # A CPU roofline: the students stay on the CPU even where a GPU is present.
+    student_kwargs = {**config.student_kwargs, "device": "cpu"}
     examples = make_examples(task, args.examples or config.examples_per_step, config.seed)
     seeds = [config.seed + i for i in range(args.n)]
 
     peak = peak_flops(256 if args.small else 2048, args.repeats)
     lone_flops, lone_s = counted_and_timed(
-        lambda: tiny_student_for_task(task, seed=config.seed, **config.student_kwargs),
+        lambda: tiny_student_for_task(task, seed=config.seed, **student_kwargs),
         lambda student: student.train(examples),
     )
     pop_flops, pop_s = counted_and_timed(
-        lambda: tiny_population_for_task(task, seeds, **config.student_kwargs),
+        lambda: tiny_population_for_task(task, seeds, **student_kwargs),
         lambda population: population.train({i: examples for i in range(args.n)}),
     )
-    episode_s, episode_examples = lone_episode(config, task)
+    episode_s, episode_examples = lone_episode(config, task, student_kwargs)
     episode_flops = lone_flops / len(examples) * episode_examples
     bound = episode_s / (episode_flops / peak)
 
