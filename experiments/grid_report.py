@@ -24,7 +24,14 @@ from rich.table import Table
 
 from teachgym.experiments.stats import METRICS, leaderboard, mean_ci95, metric_key
 
-__all__ = ["BASELINE", "grid_markdown", "grid_report", "grid_table"]
+__all__ = [
+    "BASELINE",
+    "grid_markdown",
+    "grid_report",
+    "grid_table",
+    "group_by_point",
+    "teachers_meet",
+]
 
 #: The teacher every other is compared with at each grid point, when the sweep ran it.
 BASELINE = "uniform"
@@ -59,10 +66,8 @@ def grid_report(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     field, higher_better = METRICS[metric]
-    by_point: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        by_point.setdefault(str(row.get("point", "")), []).append(row)
-    if not any(len({r["teacher_name"] for r in group}) > 1 for group in by_point.values()):
+    by_point = group_by_point(rows)
+    if not teachers_meet(by_point):
         return None
     points = []
     for point, group in by_point.items():
@@ -92,6 +97,21 @@ def grid_report(
             )
         points.append({"point": point, "reference": reference, "cells": cells})
     return {"metric": metric, "baseline": baseline, "points": points}
+
+
+def group_by_point(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Episode rows by grid point (the grid values as text, ``""`` without a grid),
+    points in the order they first appear."""
+    by_point: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_point.setdefault(str(row.get("point", "")), []).append(row)
+    return by_point
+
+
+def teachers_meet(by_point: Mapping[str, Sequence[Mapping[str, Any]]]) -> bool:
+    """Whether some grid point holds two teachers: then each point is an experiment
+    of its own and teachers are compared within points only."""
+    return any(len({r["teacher_name"] for r in group}) > 1 for group in by_point.values())
 
 
 def _teachers(report: Mapping[str, Any]) -> list[str]:

@@ -24,7 +24,13 @@ from rich.table import Table
 
 from teachgym.errors import RunError
 from teachgym.experiments import plots
-from teachgym.experiments.grid_report import grid_markdown, grid_report, grid_table
+from teachgym.experiments.grid_report import (
+    grid_markdown,
+    grid_report,
+    grid_table,
+    group_by_point,
+    teachers_meet,
+)
 from teachgym.experiments.rundir import ATTEMPTS, FAILURES, STEPS, RunDir, read_jsonl
 from teachgym.experiments.stats import examples_to_target, leaderboard, paired_differences
 
@@ -170,10 +176,8 @@ def _paired(
     teachers at that point only. A grid over one teacher's options (one teacher per
     point) changes only the teacher, and its labels are paired across points.
     """
-    points: dict[str, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        points.setdefault(str(row.get("point", "")), []).append(row)
-    if not any(len({r["teacher"] for r in group}) > 1 for group in points.values()):
+    points = group_by_point(rows)
+    if not teachers_meet(points):
         return paired_differences(rows, board[0]["teacher"], metric)
     paired: list[dict[str, Any]] = []
     for group in points.values():
