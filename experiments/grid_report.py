@@ -22,7 +22,13 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from teachgym.experiments.stats import METRICS, leaderboard, mean_ci95, metric_key
+from teachgym.experiments.stats import (
+    leaderboard,
+    mean_ci95,
+    metric_key,
+    paired_differences,
+    paired_key,
+)
 
 __all__ = [
     "BASELINE",
@@ -35,6 +41,10 @@ __all__ = [
 
 #: The teacher every other is compared with at each grid point, when the sweep ran it.
 BASELINE = "uniform"
+
+#: A cell's paired fields: gain over the reference (mean, 95% CI), the seeds where the
+#: teacher did better, and the seeds paired.
+_GAIN = ("gain_mean", "gain_ci95", "better", "paired_seeds")
 
 
 def grid_report(
@@ -63,9 +73,7 @@ def grid_report(
     >>> [(c["teacher"], round(c["gain_mean"], 3), c["better"]) for c in second]
     [('uniform', 0.0, 0), ('smart', -0.1, 0)]
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-    field, higher_better = METRICS[metric]
+    diff = paired_key(metric)  # (refuses an unknown metric)
     by_point = group_by_point(rows)
     if not teachers_meet(by_point):
         return None
@@ -77,24 +85,25 @@ def grid_report(
         ci_key = mean_key.removesuffix("_mean") + "_ci95"
         names = [b["teacher"] for b in board]
         reference = baseline if baseline in names else names[0]
-        ref = {r["seed"]: float(r[field]) for r in named if r["teacher"] == reference}
+        pairs = {d["teacher"]: d for d in paired_differences(named, reference, metric)}
         cells = []
         for b in board:
-            mine = {r["seed"]: float(r[field]) for r in named if r["teacher"] == b["teacher"]}
-            diffs = [mine[s] - ref[s] for s in sorted(set(mine) & set(ref), key=str)]
-            gain, gain_ci = mean_ci95(diffs) if diffs else (float("nan"), float("nan"))
-            cells.append(
-                {
-                    "teacher": b["teacher"],
-                    "mean": float(b[mean_key]),
-                    "ci95": float(b[ci_key]),
-                    "seeds": b["seeds"],
-                    "gain_mean": gain,
-                    "gain_ci95": gain_ci,
-                    "better": sum((d > 0) if higher_better else (d < 0) for d in diffs),
-                    "paired_seeds": len(diffs),
-                }
-            )
+            seeds = int(b["seeds"])
+            cell = {
+                "teacher": b["teacher"],
+                "mean": float(b[mean_key]),
+                "ci95": float(b[ci_key]),
+                "seeds": seeds,
+            }
+            pair = pairs.get(b["teacher"])
+            if b["teacher"] == reference:  # paired with itself: a gain of 0 on every seed
+                gain = (0.0, mean_ci95([0.0] * seeds)[1], 0, seeds)
+            elif pair is None:  # no seed in common with the reference
+                gain = (float("nan"), float("nan"), 0, 0)
+            else:  # paired_differences gives reference - teacher; a gain is the opposite
+                mean, ci = pair[diff + "_mean"], pair[diff + "_ci95"]
+                gain = (0.0 - mean, ci, pair["losses"], pair["seeds"])
+            cells.append(cell | dict(zip(_GAIN, gain, strict=True)))
         points.append({"point": point, "reference": reference, "cells": cells})
     return {"metric": metric, "baseline": baseline, "points": points}
 

@@ -24,6 +24,7 @@ __all__ = [
     "mean_ci95",
     "metric_key",
     "paired_differences",
+    "paired_key",
     "t_quantile_975",
 ]
 
@@ -243,6 +244,16 @@ def metric_key(metric: str, board: Sequence[Mapping[str, Any]]) -> str:
     return key
 
 
+def paired_key(metric: str) -> str:
+    """The prefix of ``metric``'s difference in :func:`paired_differences`' rows
+    (``..._mean`` and ``..._ci95``)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    return {"aulc": "aulc_diff", "final_test": "final_test_diff"}.get(
+        metric, "examples_to_target_diff"
+    )
+
+
 def _paired_row(
     ref: Mapping[Any, Mapping[str, Any]],
     episodes: Mapping[Any, Mapping[str, Any]],
@@ -269,6 +280,7 @@ def _paired_row(
         "final_test_diff_mean": test_mean,
         "final_test_diff_ci95": test_ci,
         "wins": sum((d > 0) if higher_better else (d < 0) for d in metric_d),
+        "losses": sum((d < 0) if higher_better else (d > 0) for d in metric_d),
         "seeds": len(seeds),
     }
     if metric == "examples_to_target":
@@ -332,8 +344,9 @@ def paired_differences(
     shared part; the per-teacher intervals of :func:`leaderboard` keep it, so they can
     overlap while the paired interval lies clear of zero. Only seeds that both teachers ran
     are used. ``wins`` counts the seeds where the reference did better by ``metric`` (higher
-    AULC or final test accuracy, fewer examples to the target), and with
-    ``examples_to_target`` the rows also hold its differences.
+    AULC or final test accuracy, fewer examples to the target), ``losses`` those where the
+    other teacher did (ties are neither), and with ``examples_to_target`` the rows also hold
+    its differences.
 
     >>> rows = [
     ...     {"teacher": "a", "seed": s, "aulc": 0.5 + 0.1 * s, "final_test_accuracy": 0.9}
@@ -360,9 +373,7 @@ def paired_differences(
         for teacher, episodes in by_teacher.items()
         if teacher != reference and set(ref) & set(episodes)
     ]
-    key = {"aulc": "aulc_diff_mean", "final_test": "final_test_diff_mean"}.get(
-        metric, "examples_to_target_diff_mean"
-    )
+    key = paired_key(metric) + "_mean"
     sign = -1.0 if higher_better else 1.0
     out.sort(key=lambda r: (sign * r[key], r["teacher"]))
     return out
