@@ -69,9 +69,9 @@ def grid_report(
     >>> report = grid_report(rows)
     >>> [(p["point"], p["reference"]) for p in report["points"]]
     [('p=1', 'uniform'), ('p=2', 'uniform')]
-    >>> second = report["points"][1]["cells"]
-    >>> [(c["teacher"], round(c["gain_mean"], 3), c["better"]) for c in second]
-    [('uniform', 0.0, 0), ('smart', -0.1, 0)]
+    >>> [[(c["teacher"], round(c["gain_mean"], 3), c["better"]) for c in p["cells"]]
+    ...  for p in report["points"]]
+    [[('smart', 0.2, 3), ('uniform', 0.0, 0)], [('uniform', 0.0, 0), ('smart', -0.1, 0)]]
     """
     diff = paired_key(metric)  # (refuses an unknown metric)
     by_point = group_by_point(rows)

@@ -356,8 +356,13 @@ def paired_differences(
     ...     for s in range(3)
     ... ]
     >>> [d] = paired_differences(rows, "a")
-    >>> d["teacher"], round(d["aulc_diff_mean"], 3), round(d["aulc_diff_ci95"], 3), d["wins"]
-    ('b', 0.05, 0.0, 3)
+    >>> d["teacher"], round(d["aulc_diff_mean"], 3), round(d["aulc_diff_ci95"], 3)
+    ('b', 0.05, 0.0)
+    >>> d["wins"], d["losses"], d["seeds"]
+    (3, 0, 3)
+    >>> [e] = paired_differences(rows, "b")
+    >>> e["wins"], e["losses"]
+    (0, 3)
     """
     by_teacher: dict[str, dict[Any, Mapping[str, Any]]] = {}
     for row in rows:
