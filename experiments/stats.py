@@ -370,15 +370,13 @@ def paired_differences(
     if reference not in by_teacher:
         raise ValueError(f"reference teacher {reference!r} is not among {sorted(by_teacher)}")
     ref = by_teacher[reference]
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    key = paired_key(metric) + "_mean"  # (refuses an unknown metric)
     higher_better = METRICS[metric][1]
     out = [
         _paired_row(ref, episodes, reference, teacher, metric)
         for teacher, episodes in by_teacher.items()
         if teacher != reference and set(ref) & set(episodes)
     ]
-    key = paired_key(metric) + "_mean"
     sign = -1.0 if higher_better else 1.0
     out.sort(key=lambda r: (sign * r[key], r["teacher"]))
     return out
